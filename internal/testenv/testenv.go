@@ -1,0 +1,123 @@
+// Package testenv gives tests the real services they need: the addresses of
+// RabbitMQ and Redis (from the environment, defaulting to the local ones),
+// unique names so tests can share those servers, private redis-server
+// processes for tests that must stop one, and a TCP proxy that can cut a
+// connection the way a network failure would.
+//
+// Outside CI a test whose service is unreachable is skipped with a message
+// saying how to start it; when CI is set (or REQUIRE_SERVICES=1) it fails.
+package testenv
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"net"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Required reports whether missing services must fail tests instead of
+// skipping them.
+func Required() bool {
+	return os.Getenv("CI") != "" || os.Getenv("REQUIRE_SERVICES") == "1"
+}
+
+// RedisAddr returns host:port of the Redis that tests share (TEST_REDIS_ADDR,
+// default 127.0.0.1:6379), after checking that it answers.
+func RedisAddr(t testing.TB) string {
+	t.Helper()
+	addr := getenv("TEST_REDIS_ADDR", "127.0.0.1:6379")
+	need(t, "Redis", addr, "redis-server --daemonize yes --port 6379 --save '' --appendonly no")
+	return addr
+}
+
+// RabbitMQURL returns the AMQP URL of the RabbitMQ that tests share
+// (TEST_RABBITMQ_URL, default amqp://guest:guest@127.0.0.1:5672/), after
+// checking that its port answers.
+func RabbitMQURL(t testing.TB) string {
+	t.Helper()
+	url := getenv("TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
+	need(t, "RabbitMQ", hostPort(url, "5672"), "rabbitmq-server -detached")
+	return url
+}
+
+// PostgresDSN returns the DSN of the PostgreSQL used by the alert contract
+// test (TEST_POSTGRES_DSN, default postgres://postgres@127.0.0.1:5432/test).
+func PostgresDSN(t testing.TB) string {
+	t.Helper()
+	dsn := getenv("TEST_POSTGRES_DSN", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable")
+	need(t, "PostgreSQL", hostPort(dsn, "5432"), "pg_ctlcluster 15 main start")
+	return dsn
+}
+
+// Name returns a name unique to this test run, for queues and key prefixes:
+// prefix, the test name folded to [a-z0-9_], and random hex.
+func Name(t testing.TB, prefix string) string {
+	t.Helper()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	var sb strings.Builder
+	for _, r := range strings.ToLower(t.Name()) {
+		if (r >= 'a' && r <= 'z') || (r >= '0' && r <= '9') {
+			sb.WriteRune(r)
+		} else {
+			sb.WriteByte('_')
+		}
+		if sb.Len() >= 40 {
+			break
+		}
+	}
+	return prefix + "_" + sb.String() + "_" + hex.EncodeToString(b[:])
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("find a free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func need(t testing.TB, what, addr, how string) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err == nil {
+		conn.Close()
+		return
+	}
+	msg := what + " is not reachable at " + addr + " (" + err.Error() + "); start it with: " + how
+	if Required() {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+func getenv(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// hostPort extracts host:port from a URL such as amqp://u:p@h:port/vhost.
+func hostPort(url, defPort string) string {
+	s := url
+	if i := strings.Index(s, "://"); i >= 0 {
+		s = s[i+3:]
+	}
+	if i := strings.LastIndex(s, "@"); i >= 0 {
+		s = s[i+1:]
+	}
+	if i := strings.IndexAny(s, "/?"); i >= 0 {
+		s = s[:i]
+	}
+	if _, _, err := net.SplitHostPort(s); err != nil {
+		s = net.JoinHostPort(s, defPort)
+	}
+	return s
+}
