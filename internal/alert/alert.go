@@ -1,0 +1,336 @@
+// Package alert owns the alert payload the platform's notification service
+// stores: its JSON shape (kept from the Python service), deterministic ids,
+// and the limits of the table it lands in (UUID ids, an IP address or null,
+// column lengths, no NUL characters, raw_event_data an object).
+package alert
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+
+	"github.com/audit-platform/audit-log-analysis/internal/event"
+)
+
+// Column limits of the notification service's alerts table, in characters.
+const (
+	LimitText  = 255 // names, ids, hostnames
+	LimitShort = 50  // alert_type, severity, actor_type, resource_type
+	// LimitDescription bounds the TEXT columns built from event values.
+	LimitDescription = 4096
+)
+
+// TruncationMarker ends a value shortened to fit its column; the full value
+// stays in raw_event_data.
+const TruncationMarker = "…[truncated]"
+
+// Alert is the payload published to the alert queue.
+type Alert struct {
+	AlertID           string           `json:"alert_id"`
+	Timestamp         string           `json:"timestamp"`
+	AlertName         string           `json:"alert_name"`
+	AlertType         string           `json:"alert_type"`
+	Severity          string           `json:"severity"`
+	Description       string           `json:"description"`
+	SourceServiceName string           `json:"source_service_name"`
+	AnalysisRule      AnalysisRule     `json:"analysis_rule"`
+	TriggeredBy       TriggeredBy      `json:"triggered_by"`
+	ImpactedResource  ImpactedResource `json:"impacted_resource"`
+	ActionObserved    string           `json:"action_observed"`
+	CorrelationID     string           `json:"correlation_id"`
+	RawEventData      json.RawMessage  `json:"raw_event_data"`
+	Metadata          Metadata         `json:"metadata"`
+
+	// Threshold alerts only.
+	Window          *Window           `json:"window,omitempty"`
+	Group           map[string]string `json:"group,omitempty"`
+	EventIDs        []string          `json:"event_ids,omitempty"`
+	SuppressedSince *int              `json:"suppressed_count,omitempty"`
+}
+
+// AnalysisRule names the rule that fired.
+type AnalysisRule struct {
+	RuleID          string `json:"rule_id"`
+	RuleName        string `json:"rule_name"`
+	RuleDescription string `json:"rule_description"`
+}
+
+// TriggeredBy is the actor. ClientIP is a valid address or nil (JSON null).
+type TriggeredBy struct {
+	ActorType string  `json:"actor_type"`
+	ActorID   string  `json:"actor_id"`
+	ClientIP  *string `json:"client_ip"`
+}
+
+// ImpactedResource is what the alert is about.
+type ImpactedResource struct {
+	ResourceType   string `json:"resource_type"`
+	ResourceID     string `json:"resource_id"`
+	ServerHostname string `json:"server_hostname"`
+}
+
+// Metadata carries the rule's guidance.
+type Metadata struct {
+	Tags                []string `json:"tags"`
+	Environment         string   `json:"environment"`
+	RemediationGuidance string   `json:"remediation_guidance"`
+	PlaybookURL         string   `json:"playbook_url"`
+}
+
+// Window describes the burst behind a threshold alert.
+type Window struct {
+	Start     string  `json:"start"`
+	End       string  `json:"end"`
+	Seconds   float64 `json:"seconds"`
+	Count     int     `json:"count"`
+	Threshold int     `json:"threshold"`
+}
+
+// Rule is what a rule contributes to its alerts.
+type Rule struct {
+	ID, Name, Description          string
+	AlertName, AlertType, Severity string
+	ActionObserved, ResourceType   string
+	ActorType                      string
+	Tags                           []string
+	Remediation, PlaybookURL       string
+}
+
+// Burst is what a threshold rule contributes: the group and its window.
+type Burst struct {
+	// GroupKey identifies the group (rule shape and values) for the id.
+	GroupKey     string
+	Group        map[string]string
+	Start, End   time.Time
+	Window       time.Duration
+	Count        int
+	Threshold    int
+	FirstEventID string
+	EventIDs     []string
+	Suppressed   int
+}
+
+// Input is everything an alert is built from.
+type Input struct {
+	Rule        Rule
+	Description string
+	Event       *event.Event
+	// Burst is nil for rules without a threshold.
+	Burst       *Burst
+	Environment string
+	// Now is the alert's timestamp: arrival time in the service, event
+	// time in replay.
+	Now time.Time
+}
+
+// Build assembles an alert and makes it fit the notification service's
+// table.
+func Build(in Input) Alert {
+	ev := in.Event
+	r := in.Rule
+	a := Alert{
+		AlertID:           ID(r.ID, in.Burst, ev),
+		Timestamp:         in.Now.UTC().Format(time.RFC3339),
+		AlertName:         r.AlertName,
+		AlertType:         r.AlertType,
+		Severity:          r.Severity,
+		Description:       in.Description,
+		SourceServiceName: orDefault(ev.SourceService, "unknown-event-source"),
+		AnalysisRule:      AnalysisRule{RuleID: r.ID, RuleName: r.Name, RuleDescription: r.Description},
+		TriggeredBy: TriggeredBy{
+			ActorType: orDefault(r.ActorType, "USER"),
+			ActorID:   orDefault(ev.UserID, "unknown"),
+			ClientIP:  ClientIP(ev.ClientIP),
+		},
+		ImpactedResource: ImpactedResource{ResourceType: r.ResourceType, ServerHostname: orDefault(ev.ServerHostname, "unknown")},
+		ActionObserved:   r.ActionObserved,
+		CorrelationID:    ev.Key,
+		RawEventData:     RawEventData(ev.Raw),
+		Metadata: Metadata{
+			Tags:                nonNil(r.Tags),
+			Environment:         in.Environment,
+			RemediationGuidance: r.Remediation,
+			PlaybookURL:         r.PlaybookURL,
+		},
+	}
+	if r.ResourceType == "FILE" {
+		a.ImpactedResource.ResourceID = ev.Resource
+	} else {
+		a.ImpactedResource.ResourceID = a.ImpactedResource.ServerHostname
+	}
+	if b := in.Burst; b != nil {
+		a.Window = &Window{
+			Start:     b.Start.UTC().Format(time.RFC3339Nano),
+			End:       b.End.UTC().Format(time.RFC3339Nano),
+			Seconds:   b.Window.Seconds(),
+			Count:     b.Count,
+			Threshold: b.Threshold,
+		}
+		a.Group = b.Group
+		a.EventIDs = b.EventIDs
+		n := b.Suppressed
+		a.SuppressedSince = &n
+	}
+	fit(&a)
+	return a
+}
+
+// ID is the alert id: a version 5 UUID of the rule and the burst's group
+// and first event, or of the rule and the event for rules without a
+// threshold. The same events give the same id, so a redelivered event that
+// fires again is dropped by the notification service's primary key.
+func ID(ruleID string, b *Burst, ev *event.Event) string {
+	var buf bytes.Buffer
+	buf.WriteString("alert\x00")
+	buf.WriteString(ruleID)
+	buf.WriteByte(0)
+	if b != nil {
+		buf.WriteString(b.GroupKey)
+		buf.WriteByte(0)
+		buf.WriteString(b.FirstEventID)
+	} else {
+		buf.WriteString(ev.Key)
+	}
+	return uuid.NewSHA1(event.Namespace, buf.Bytes()).String()
+}
+
+// ClientIP returns the address in canonical form, or nil when s is not an
+// IP address (the table's INET column refuses anything else). A zone
+// (fe80::1%eth0) is dropped: INET has no place for it.
+func ClientIP(s string) *string {
+	addr, err := netip.ParseAddr(strings.TrimSpace(s))
+	if err != nil {
+		return nil
+	}
+	out := addr.WithZone("").String()
+	return &out
+}
+
+// RawEventData returns the body for raw_event_data. A body with \u escapes
+// is decoded and encoded again so that NUL characters and lone surrogates,
+// which PostgreSQL's JSONB refuses, become U+FFFD.
+func RawEventData(body []byte) json.RawMessage {
+	body = bytes.TrimSpace(body)
+	if !bytes.Contains(body, []byte(`\u`)) {
+		return body
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	var v any
+	if err := dec.Decode(&v); err != nil {
+		return body
+	}
+	out, err := json.Marshal(cleanValue(v))
+	if err != nil {
+		return body
+	}
+	return out
+}
+
+func cleanValue(v any) any {
+	switch x := v.(type) {
+	case string:
+		return clean(x)
+	case map[string]any:
+		m := make(map[string]any, len(x))
+		for k, val := range x {
+			m[clean(k)] = cleanValue(val)
+		}
+		return m
+	case []any:
+		for i := range x {
+			x[i] = cleanValue(x[i])
+		}
+		return x
+	}
+	return v
+}
+
+// clean replaces NUL, which PostgreSQL text cannot hold.
+func clean(s string) string {
+	if strings.IndexByte(s, 0) < 0 {
+		return s
+	}
+	return strings.ReplaceAll(s, "\x00", "\uFFFD")
+}
+
+// Shorten cuts s to at most limit characters, ending with the marker when
+// it had to cut.
+func Shorten(s string, limit int) string {
+	s = clean(s)
+	if utf8.RuneCountInString(s) <= limit {
+		return s
+	}
+	keep := limit - utf8.RuneCountInString(TruncationMarker)
+	i := 0
+	for n := 0; n < keep; n++ {
+		_, size := utf8.DecodeRuneInString(s[i:])
+		i += size
+	}
+	return s[:i] + TruncationMarker
+}
+
+// fit applies the column limits and removes NUL from every string.
+func fit(a *Alert) {
+	for _, f := range []struct {
+		s     *string
+		limit int
+	}{
+		{&a.AlertName, LimitText}, {&a.AlertType, LimitShort}, {&a.Severity, LimitShort},
+		{&a.SourceServiceName, LimitText}, {&a.AnalysisRule.RuleID, LimitText}, {&a.AnalysisRule.RuleName, LimitText},
+		{&a.TriggeredBy.ActorType, LimitShort}, {&a.TriggeredBy.ActorID, LimitText},
+		{&a.ImpactedResource.ResourceType, LimitShort}, {&a.ImpactedResource.ResourceID, LimitText},
+		{&a.ImpactedResource.ServerHostname, LimitText}, {&a.ActionObserved, LimitText},
+	} {
+		*f.s = Shorten(*f.s, f.limit)
+	}
+	// Description and rule_description are TEXT; a bound keeps one
+	// oversized field from making an alert of megabytes.
+	a.Description = Shorten(a.Description, LimitDescription)
+	a.AnalysisRule.RuleDescription = Shorten(a.AnalysisRule.RuleDescription, LimitDescription)
+	a.Metadata.Environment = clean(a.Metadata.Environment)
+	if a.Group != nil {
+		g := make(map[string]string, len(a.Group))
+		for k, v := range a.Group {
+			g[Shorten(k, LimitText)] = Shorten(v, LimitText)
+		}
+		a.Group = g
+	}
+	if a.EventIDs != nil {
+		ids := make([]string, len(a.EventIDs))
+		for i, id := range a.EventIDs {
+			ids[i] = clean(id)
+		}
+		a.EventIDs = ids
+	}
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+func nonNil(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// Marshal encodes an alert. It cannot fail for values Build returns; the
+// error is for callers that build alerts by hand.
+func Marshal(a Alert) ([]byte, error) {
+	b, err := json.Marshal(a)
+	if err != nil {
+		return nil, fmt.Errorf("encode alert %s: %w", a.AlertID, err)
+	}
+	return b, nil
+}

@@ -1,0 +1,524 @@
+// Package config owns the service's settings: it reads the environment (and,
+// through WithDotEnv, an optional .env file) once into a typed Config,
+// validates every variable, and keeps secrets out of errors and logs.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/url"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is the whole of the service's configuration. Load fills it from the
+// environment; nothing else in the service reads environment variables.
+type Config struct {
+	// RabbitMQURL is RABBITMQ_URL, or a URL built from RABBITMQ_USER,
+	// RABBITMQ_PASS, RABBITMQ_HOST and RABBITMQ_PORT. It holds the password:
+	// log RedactedRabbitMQURL instead.
+	RabbitMQURL        string
+	RabbitMQQueue      string
+	RabbitMQAlertQueue string
+	// RabbitMQDeadLetterQueue receives deliveries that can never be
+	// processed. Empty means dead-lettering is off and such deliveries are
+	// rejected without requeue.
+	RabbitMQDeadLetterQueue string
+	RabbitMQPrefetch        int
+
+	Redis Redis
+	// RedisKeyPrefix starts every key the service writes. It never contains
+	// '{' or '}', so a prefix cannot turn into a Redis Cluster hash tag.
+	RedisKeyPrefix string
+
+	AppPort        int
+	PrometheusPort int
+	Environment    string
+
+	FailedLoginWindow    time.Duration
+	FailedLoginThreshold int
+	SensitiveFiles       []string
+	// Overrides says which of the three settings above came from the
+	// environment rather than from defaults, so that a rules file can be
+	// told apart from an operator's explicit choice.
+	Overrides Overrides
+
+	// RulesFile is the rules file to load; empty means the built-in rules.
+	RulesFile       string
+	MaxClockSkew    time.Duration
+	ShutdownTimeout time.Duration
+	LogLevel        slog.Level
+	LogFormat       string // "json" or "text"
+}
+
+// Redis says how to reach Redis.
+type Redis struct {
+	Addr     string // host:port
+	Username string
+	Password string
+	DB       int
+	TLS      bool
+}
+
+// Overrides records which detection settings were set explicitly.
+type Overrides struct {
+	FailedLoginWindow    bool
+	FailedLoginThreshold bool
+	SensitiveFiles       bool
+}
+
+// Defaults, as the service has always had them.
+const (
+	defaultRabbitMQHost    = "rabbitmq-service"
+	defaultRabbitMQPort    = 5672
+	defaultRabbitMQUser    = "guest"
+	defaultRabbitMQPass    = "guest"
+	defaultQueue           = "audit_events"
+	defaultAlertQueue      = "audit_alerts"
+	deadLetterSuffix       = ".dead-letter"
+	noDeadLetterQueue      = "none"
+	defaultPrefetch        = 256
+	defaultRedisHost       = "redis-service"
+	defaultRedisPort       = 6379
+	defaultRedisKeyPrefix  = "audit-log-analysis:"
+	defaultAppPort         = 5001
+	defaultPrometheusPort  = 8001
+	defaultEnvironment     = "DEVELOPMENT"
+	defaultWindow          = 60 * time.Second
+	defaultThreshold       = 3
+	defaultMaxClockSkew    = 5 * time.Minute
+	defaultShutdownTimeout = 8 * time.Second
+	defaultLogFormat       = "json"
+)
+
+// DefaultSensitiveFiles are watched when SENSITIVE_FILES is unset.
+var defaultSensitiveFiles = []string{
+	"/etc/sudoers",
+	"/root/.ssh/authorized_keys",
+	"/etc/shadow",
+	"/etc/passwd",
+}
+
+// Load reads the configuration through getenv (os.Getenv, or the result of
+// WithDotEnv, or a map in tests). An empty value counts as unset. It reports
+// every invalid variable at once, one error per variable joined with
+// errors.Join; no error ever contains a password.
+func Load(getenv func(string) string) (Config, error) {
+	l := &loader{getenv: getenv}
+	c := Config{
+		RabbitMQURL:        l.rabbitMQURL(),
+		RabbitMQQueue:      l.queue("RABBITMQ_QUEUE", defaultQueue),
+		RabbitMQAlertQueue: l.queue("RABBITMQ_ALERT_QUEUE", defaultAlertQueue),
+		RabbitMQPrefetch:   l.integer("RABBITMQ_PREFETCH", defaultPrefetch, 1, math.MaxUint16, "a prefetch count (1-65535)"),
+		Redis:              l.redis(),
+		RedisKeyPrefix:     l.keyPrefix(),
+		AppPort:            l.port("APP_PORT", defaultAppPort),
+		PrometheusPort:     l.port("PROMETHEUS_PORT", defaultPrometheusPort),
+		Environment:        l.str("ENVIRONMENT", defaultEnvironment),
+		FailedLoginWindow:  l.seconds("FAILED_LOGIN_WINDOW_SECONDS", defaultWindow),
+		FailedLoginThreshold: l.integer("FAILED_LOGIN_THRESHOLD", defaultThreshold, 1, math.MaxInt,
+			"a threshold (an integer >= 1)"),
+		SensitiveFiles: l.paths("SENSITIVE_FILES", defaultSensitiveFiles),
+		Overrides: Overrides{
+			FailedLoginWindow:    l.isSet("FAILED_LOGIN_WINDOW_SECONDS"),
+			FailedLoginThreshold: l.isSet("FAILED_LOGIN_THRESHOLD"),
+			SensitiveFiles:       l.isSet("SENSITIVE_FILES"),
+		},
+		RulesFile:       l.str("RULES_FILE", ""),
+		MaxClockSkew:    l.duration("MAX_CLOCK_SKEW", defaultMaxClockSkew, false),
+		ShutdownTimeout: l.duration("SHUTDOWN_TIMEOUT", defaultShutdownTimeout, true),
+		LogLevel:        l.logLevel(),
+		LogFormat:       l.oneOf("LOG_FORMAT", defaultLogFormat, "json", "text"),
+	}
+	c.RabbitMQDeadLetterQueue = l.deadLetterQueue(c.RabbitMQQueue)
+
+	// Cross-checks, reported only when both sides are valid on their own.
+	if !l.failed("RABBITMQ_QUEUE") && !l.failed("RABBITMQ_ALERT_QUEUE") && c.RabbitMQAlertQueue == c.RabbitMQQueue {
+		l.fail("RABBITMQ_ALERT_QUEUE", "%q is also RABBITMQ_QUEUE: alerts would be consumed as events", c.RabbitMQAlertQueue)
+	}
+	if dlq := c.RabbitMQDeadLetterQueue; dlq != "" && !l.failed("RABBITMQ_DEAD_LETTER_QUEUE") &&
+		(dlq == c.RabbitMQQueue || dlq == c.RabbitMQAlertQueue) {
+		l.fail("RABBITMQ_DEAD_LETTER_QUEUE", "%q must differ from RABBITMQ_QUEUE and RABBITMQ_ALERT_QUEUE", dlq)
+	}
+	if !l.failed("APP_PORT") && !l.failed("PROMETHEUS_PORT") && c.AppPort == c.PrometheusPort {
+		l.fail("PROMETHEUS_PORT", "%d is also APP_PORT; the two servers need different ports", c.PrometheusPort)
+	}
+
+	if err := l.err(); err != nil {
+		return Config{}, err
+	}
+	return c, nil
+}
+
+// RedactedRabbitMQURL returns RabbitMQURL with its password replaced by
+// "xxxxx", for logs and errors.
+func (c Config) RedactedRabbitMQURL() string {
+	u, err := url.Parse(c.RabbitMQURL)
+	if err != nil {
+		return "(malformed URL)"
+	}
+	return u.Redacted()
+}
+
+// LogValue summarises the configuration for the start-up log line. It says
+// whether passwords are set, never what they are.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("rabbitmq_url", c.RedactedRabbitMQURL()),
+		slog.String("rabbitmq_queue", c.RabbitMQQueue),
+		slog.String("rabbitmq_alert_queue", c.RabbitMQAlertQueue),
+		slog.String("rabbitmq_dead_letter_queue", c.RabbitMQDeadLetterQueue),
+		slog.Int("rabbitmq_prefetch", c.RabbitMQPrefetch),
+		slog.Any("redis", c.Redis),
+		slog.String("redis_key_prefix", c.RedisKeyPrefix),
+		slog.Int("app_port", c.AppPort),
+		slog.Int("prometheus_port", c.PrometheusPort),
+		slog.String("environment", c.Environment),
+		slog.Duration("failed_login_window", c.FailedLoginWindow),
+		slog.Int("failed_login_threshold", c.FailedLoginThreshold),
+		slog.Any("sensitive_files", c.SensitiveFiles),
+		slog.String("rules_file", c.RulesFile),
+		slog.Duration("max_clock_skew", c.MaxClockSkew),
+		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.String("log_level", c.LogLevel.String()),
+		slog.String("log_format", c.LogFormat),
+	)
+}
+
+// LogValue describes the Redis settings without the password, so that
+// logging a Redis value on its own is as safe as logging a Config.
+func (r Redis) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("addr", r.Addr),
+		slog.String("username", r.Username),
+		slog.Bool("password_set", r.Password != ""),
+		slog.Int("db", r.DB),
+		slog.Bool("tls", r.TLS),
+	)
+}
+
+// loader reads variables and collects problems, one entry per variable.
+type loader struct {
+	getenv   func(string) string
+	order    []string
+	problems map[string][]string
+}
+
+func (l *loader) fail(name, format string, args ...any) {
+	if l.problems == nil {
+		l.problems = make(map[string][]string)
+	}
+	if _, seen := l.problems[name]; !seen {
+		l.order = append(l.order, name)
+	}
+	l.problems[name] = append(l.problems[name], fmt.Sprintf(format, args...))
+}
+
+func (l *loader) failed(name string) bool {
+	_, ok := l.problems[name]
+	return ok
+}
+
+func (l *loader) err() error {
+	errs := make([]error, 0, len(l.order))
+	for _, name := range l.order {
+		errs = append(errs, fmt.Errorf("%s: %s", name, strings.Join(l.problems[name], "; ")))
+	}
+	return errors.Join(errs...)
+}
+
+func (l *loader) isSet(name string) bool { return l.getenv(name) != "" }
+
+func (l *loader) str(name, def string) string {
+	if v := l.getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// integer reads an integer in [lo, hi]; what describes the expected value
+// in an error, e.g. "a port (1-65535)".
+func (l *loader) integer(name string, def, lo, hi int, what string) int {
+	v := l.getenv(name)
+	if v == "" {
+		return def
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < lo || n > hi {
+		l.fail(name, "%q is not %s", v, what)
+		return def
+	}
+	return n
+}
+
+func (l *loader) port(name string, def int) int {
+	return l.integer(name, def, 1, math.MaxUint16, "a port (1-65535)")
+}
+
+// seconds reads a whole number of seconds >= 1 as a duration.
+func (l *loader) seconds(name string, def time.Duration) time.Duration {
+	n := l.integer(name, int(def/time.Second), 1, math.MaxInt, "a number of seconds (an integer >= 1)")
+	if int64(n) > math.MaxInt64/int64(time.Second) {
+		l.fail(name, "%d seconds is too long", n)
+		return def
+	}
+	return time.Duration(n) * time.Second
+}
+
+// duration reads a Go duration such as "30s" that is >= 0, or > 0 when
+// positive is set.
+func (l *loader) duration(name string, def time.Duration, positive bool) time.Duration {
+	v := l.getenv(name)
+	if v == "" {
+		return def
+	}
+	d, err := time.ParseDuration(v)
+	switch {
+	case err != nil:
+		l.fail(name, "%q is not a duration such as 30s or 5m", v)
+	case positive && d <= 0:
+		l.fail(name, "%q is not a duration > 0", v)
+	case d < 0:
+		l.fail(name, "%q is not a duration >= 0", v)
+	default:
+		return d
+	}
+	return def
+}
+
+// oneOf reads one of a few words, case-insensitively, as lower case.
+func (l *loader) oneOf(name, def string, words ...string) string {
+	v := l.getenv(name)
+	if v == "" {
+		return def
+	}
+	for _, w := range words {
+		if strings.EqualFold(v, w) {
+			return w
+		}
+	}
+	l.fail(name, "%q is not one of %s", v, strings.Join(words, ", "))
+	return def
+}
+
+func (l *loader) logLevel() slog.Level {
+	// "warning" is accepted too: it is what Python's logging calls the level.
+	switch l.oneOf("LOG_LEVEL", "info", "debug", "info", "warn", "warning", "error") {
+	case "debug":
+		return slog.LevelDebug
+	case "warn", "warning":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	default:
+		return slog.LevelInfo
+	}
+}
+
+// paths reads a comma-separated list of absolute paths; spaces around
+// entries and empty entries are dropped.
+func (l *loader) paths(name string, def []string) []string {
+	v := l.getenv(name)
+	if v == "" {
+		return append([]string(nil), def...)
+	}
+	var out []string
+	for p := range strings.SplitSeq(v, ",") {
+		p = strings.TrimSpace(p)
+		switch {
+		case p == "":
+		case !path.IsAbs(p):
+			l.fail(name, "%q is not an absolute path", p)
+		default:
+			out = append(out, p)
+		}
+	}
+	if len(out) == 0 && !l.failed(name) {
+		l.fail(name, "%q names no path", v)
+	}
+	return out
+}
+
+// maxQueueName is the longest name AMQP 0-9-1 can carry (a short string).
+const maxQueueName = 255
+
+func (l *loader) queue(name, def string) string {
+	q := l.str(name, def)
+	l.checkQueue(name, q)
+	return q
+}
+
+func (l *loader) checkQueue(name, q string) {
+	switch {
+	case len(q) > maxQueueName:
+		l.fail(name, "queue name is longer than %d bytes", maxQueueName)
+	case strings.HasPrefix(q, "amq."):
+		l.fail(name, "%q starts with \"amq.\", which RabbitMQ reserves", q)
+	}
+}
+
+func (l *loader) deadLetterQueue(queue string) string {
+	const name = "RABBITMQ_DEAD_LETTER_QUEUE"
+	q := l.getenv(name)
+	switch q {
+	case noDeadLetterQueue:
+		return ""
+	case "":
+		q = queue + deadLetterSuffix
+	}
+	l.checkQueue(name, q)
+	return q
+}
+
+func (l *loader) keyPrefix() string {
+	const name = "REDIS_KEY_PREFIX"
+	p := l.str(name, defaultRedisKeyPrefix)
+	if strings.ContainsAny(p, "{}") {
+		l.fail(name, "%q contains '{' or '}', which would make a Redis Cluster hash tag", p)
+		return defaultRedisKeyPrefix
+	}
+	return p
+}
+
+// host reads a host name or an IP address (an IPv6 address with or without
+// brackets).
+func (l *loader) host(name, def string) string {
+	v := l.getenv(name)
+	if v == "" {
+		return def
+	}
+	if h, ok := validHost(v); ok {
+		return h
+	}
+	l.fail(name, "%q is not a host name or IP address", v)
+	return def
+}
+
+func validHost(h string) (string, bool) {
+	if strings.Contains(h, ":") {
+		ip := net.ParseIP(strings.TrimSuffix(strings.TrimPrefix(h, "["), "]"))
+		if ip == nil {
+			return "", false
+		}
+		return ip.String(), true
+	}
+	if strings.ContainsAny(h, "/@?#[]%\\") || strings.ContainsFunc(h, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		return "", false
+	}
+	return h, true
+}
+
+// rabbitMQURL returns RABBITMQ_URL if set and valid, or builds the URL from
+// its parts. The parts are validated whenever they are set, used or not.
+func (l *loader) rabbitMQURL() string {
+	user := l.str("RABBITMQ_USER", defaultRabbitMQUser)
+	pass := l.str("RABBITMQ_PASS", defaultRabbitMQPass)
+	host := l.host("RABBITMQ_HOST", defaultRabbitMQHost)
+	port := l.port("RABBITMQ_PORT", defaultRabbitMQPort)
+
+	const name = "RABBITMQ_URL"
+	raw := l.getenv(name)
+	if raw == "" {
+		u := url.URL{
+			Scheme: "amqp",
+			User:   url.UserPassword(user, pass),
+			Host:   net.JoinHostPort(host, strconv.Itoa(port)),
+			Path:   "/",
+		}
+		return u.String()
+	}
+	u, ok := l.parseURL(name, raw, "amqp://user:password@host:port/vhost")
+	if !ok {
+		return ""
+	}
+	if u.Scheme != "amqp" && u.Scheme != "amqps" {
+		l.fail(name, "scheme %q is not amqp or amqps", u.Scheme)
+	}
+	return raw
+}
+
+// redis reads the Redis settings. REDIS_URL wins for what it states;
+// REDIS_PORT, REDIS_PASSWORD and REDIS_DB fill what it leaves out.
+func (l *loader) redis() Redis {
+	host := l.host("REDIS_HOST", defaultRedisHost)
+	port := l.port("REDIS_PORT", defaultRedisPort)
+	r := Redis{
+		Password: l.getenv("REDIS_PASSWORD"),
+		DB:       l.integer("REDIS_DB", 0, 0, math.MaxInt, "a database number (an integer >= 0)"),
+	}
+
+	const name = "REDIS_URL"
+	raw := l.getenv(name)
+	if raw == "" {
+		r.Addr = net.JoinHostPort(host, strconv.Itoa(port))
+		return r
+	}
+	u, ok := l.parseURL(name, raw, "redis://[user:password@]host[:port][/db] or rediss://...")
+	if !ok {
+		return Redis{}
+	}
+	switch u.Scheme {
+	case "redis":
+	case "rediss":
+		r.TLS = true
+	default:
+		l.fail(name, "scheme %q is not redis or rediss", u.Scheme)
+	}
+	if p := u.Port(); p != "" {
+		port, _ = strconv.Atoi(p) // parseURL checked it
+	}
+	r.Addr = net.JoinHostPort(u.Hostname(), strconv.Itoa(port))
+	if u.User != nil {
+		r.Username = u.User.Username()
+		if p, ok := u.User.Password(); ok && p != "" {
+			r.Password = p
+		}
+	}
+	if db := strings.TrimPrefix(u.Path, "/"); db != "" {
+		n, err := strconv.Atoi(db)
+		if err != nil || n < 0 {
+			// The path is not echoed: a password with an unescaped '/'
+			// could have spilled into it.
+			l.fail(name, "the path is not /N with a database number N >= 0")
+		} else {
+			r.DB = n
+		}
+	}
+	if u.RawQuery != "" {
+		l.fail(name, "query parameters are not supported")
+	}
+	return r
+}
+
+// parseURL parses a URL that may hold a password. Its errors never quote
+// the URL or url.Parse's message, both of which can contain the password.
+func (l *loader) parseURL(name, raw, want string) (*url.URL, bool) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Opaque != "" || strings.ContainsFunc(raw, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+		l.fail(name, "malformed URL, want %s (percent-encode reserved characters in the user name and password)", want)
+		return nil, false
+	}
+	// With an unescaped '/', '?' or '#' in the password, url.Parse ends
+	// the host early and the rest, '@' included, lands in the path.
+	if (u.User == nil && strings.Contains(raw, "@")) || u.Fragment != "" {
+		l.fail(name, "malformed URL: percent-encode reserved characters such as / ? # @ in the user name and password")
+		return nil, false
+	}
+	ok := true
+	if u.Hostname() == "" {
+		l.fail(name, "the URL has no host")
+		ok = false
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > math.MaxUint16 {
+			l.fail(name, "the URL's port is not 1-65535")
+			ok = false
+		}
+	}
+	return u, ok
+}

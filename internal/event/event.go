@@ -1,0 +1,350 @@
+// Package event owns the audit event: decoding a message body into a typed
+// event, the field fallbacks producers disagree on, timestamps, canonical
+// file paths and the event's idempotency id.
+package event
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/google/uuid"
+)
+
+// Namespace is the UUID namespace of every id this service derives
+// (version 5 UUIDs): event keys and alert ids.
+var Namespace = uuid.MustParse("5558cf6c-9883-43cf-9c9b-c5d7707cd092")
+
+// MaxBodyBytes is the default limit on a message body.
+const MaxBodyBytes = 1 << 20
+
+// Event is one audit event. The normalised fields hold what producers send
+// under different names; Raw keeps the bytes as received.
+type Event struct {
+	// ID is event_id as received ("" when absent).
+	ID string
+	// Key is the event's idempotency id, always a UUID: ID itself when it
+	// is one, otherwise a version 5 UUID derived from ID, or from the body
+	// when there is no ID.
+	Key string
+	// Timestamp is the event time; zero when the event has none, or one
+	// that could not be read (then TimestampInvalid is set).
+	Timestamp        time.Time
+	TimestampInvalid bool
+
+	SourceService  string
+	ServerHostname string
+	EventType      string
+	Severity       string
+	UserID         string
+	ActionResult   string
+	// Resource is the top-level resource, else details.resource.
+	Resource string
+	// ClientIP is the top-level client_ip, else details.ip_address, as
+	// sent (not validated: see alert for what is stored).
+	ClientIP string
+
+	// Raw is the message body.
+	Raw []byte
+
+	top     map[string]json.RawMessage
+	details map[string]json.RawMessage
+}
+
+// Reason classifies why a body can never become an event. The values are
+// bounded: they label a metric.
+type Reason string
+
+// The reasons a body is rejected.
+const (
+	ReasonTooLarge    Reason = "too_large"
+	ReasonEmpty       Reason = "empty"
+	ReasonInvalidUTF8 Reason = "invalid_utf8"
+	ReasonInvalidJSON Reason = "invalid_json"
+	ReasonNotObject   Reason = "not_object"
+	ReasonWrongType   Reason = "wrong_type"
+)
+
+// Reasons lists every Reason, for pre-creating metric series.
+var Reasons = []Reason{ReasonTooLarge, ReasonEmpty, ReasonInvalidUTF8, ReasonInvalidJSON, ReasonNotObject, ReasonWrongType}
+
+// DecodeError is a permanent failure: the same body will never decode.
+type DecodeError struct {
+	Reason Reason
+	Err    error
+}
+
+func (e *DecodeError) Error() string { return string(e.Reason) + ": " + e.Err.Error() }
+func (e *DecodeError) Unwrap() error { return e.Err }
+
+func reject(r Reason, format string, args ...any) error {
+	return &DecodeError{Reason: r, Err: fmt.Errorf(format, args...)}
+}
+
+// stringFields are the top-level fields that must be strings (or null).
+var stringFields = []struct {
+	name string
+	set  func(*Event, string)
+}{
+	{"event_id", func(e *Event, s string) { e.ID = s }},
+	{"source_service", func(e *Event, s string) { e.SourceService = s }},
+	{"server_hostname", func(e *Event, s string) { e.ServerHostname = s }},
+	{"event_type", func(e *Event, s string) { e.EventType = s }},
+	{"severity", func(e *Event, s string) { e.Severity = s }},
+	{"user_id", func(e *Event, s string) { e.UserID = s }},
+	{"action_result", func(e *Event, s string) { e.ActionResult = s }},
+	{"resource", func(e *Event, s string) { e.Resource = s }},
+	{"client_ip", func(e *Event, s string) { e.ClientIP = s }},
+}
+
+// Decode turns a message body into an Event. Every error it returns is a
+// *DecodeError: the body can never be processed.
+//
+// Field names match exactly (encoding/json would also match "USER_ID" to
+// user_id), invalid UTF-8 is refused rather than silently replaced, and a
+// known field of the wrong type is refused rather than guessed at.
+func Decode(body []byte, maxBytes int) (*Event, error) {
+	if maxBytes > 0 && len(body) > maxBytes {
+		return nil, reject(ReasonTooLarge, "body is %d bytes, the limit is %d", len(body), maxBytes)
+	}
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return nil, reject(ReasonEmpty, "body is empty")
+	}
+	if !utf8.Valid(body) {
+		return nil, reject(ReasonInvalidUTF8, "body is not valid UTF-8")
+	}
+	if trimmed[0] != '{' {
+		if !json.Valid(trimmed) {
+			return nil, reject(ReasonInvalidJSON, "body is not JSON")
+		}
+		return nil, reject(ReasonNotObject, "body is JSON but not an object")
+	}
+	ev := &Event{Raw: body}
+	if err := json.Unmarshal(trimmed, &ev.top); err != nil {
+		return nil, reject(ReasonInvalidJSON, "body is not a JSON object: %v", err)
+	}
+	for _, f := range stringFields {
+		raw, ok := ev.top[f.name]
+		if !ok {
+			continue
+		}
+		s, err := decodeString(raw)
+		if err != nil {
+			return nil, reject(ReasonWrongType, "field %q: %v", f.name, err)
+		}
+		f.set(ev, s)
+	}
+	if raw, ok := ev.top["details"]; ok && !isNull(raw) {
+		if len(raw) == 0 || raw[0] != '{' {
+			return nil, reject(ReasonWrongType, "field %q: want an object", "details")
+		}
+		if err := json.Unmarshal(raw, &ev.details); err != nil {
+			return nil, reject(ReasonWrongType, "field %q: %v", "details", err)
+		}
+	}
+	for _, fb := range []struct {
+		dst  *string
+		name string
+	}{{&ev.Resource, "resource"}, {&ev.ClientIP, "ip_address"}} {
+		if *fb.dst != "" {
+			continue
+		}
+		raw, ok := ev.details[fb.name]
+		if !ok {
+			continue
+		}
+		s, err := decodeString(raw)
+		if err != nil {
+			return nil, reject(ReasonWrongType, "field %q: %v", "details."+fb.name, err)
+		}
+		*fb.dst = s
+	}
+	if raw, ok := ev.top["timestamp"]; ok && !isNull(raw) {
+		ts, err := decodeTimestamp(raw)
+		if err != nil {
+			// An unreadable time is not a reason to lose the event: it
+			// counts at arrival time, and the caller can see it happened.
+			ev.TimestampInvalid = true
+		} else {
+			ev.Timestamp = ts
+		}
+	}
+	ev.Key = deriveKey(ev.ID, trimmed)
+	return ev, nil
+}
+
+func isNull(raw json.RawMessage) bool { return string(raw) == "null" }
+
+// decodeString accepts a JSON string or null ("").
+func decodeString(raw json.RawMessage) (string, error) {
+	if isNull(raw) {
+		return "", nil
+	}
+	if len(raw) == 0 || raw[0] != '"' {
+		return "", errors.New("want a string")
+	}
+	var s string
+	if err := json.Unmarshal(raw, &s); err != nil {
+		return "", err
+	}
+	return s, nil
+}
+
+func decodeTimestamp(raw json.RawMessage) (time.Time, error) {
+	if len(raw) > 0 && raw[0] != '"' {
+		// A number is taken as Unix seconds (with a fraction), the other
+		// common way producers write time.
+		f, err := strconv.ParseFloat(string(raw), 64)
+		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f > 1e11 {
+			return time.Time{}, errors.New("want an RFC 3339 string or Unix seconds")
+		}
+		sec, frac := math.Modf(f)
+		return time.Unix(int64(sec), int64(frac*1e9)).UTC(), nil
+	}
+	s, err := decodeString(raw)
+	if err != nil {
+		return time.Time{}, err
+	}
+	return ParseTimestamp(s)
+}
+
+// timestampLayouts are tried in order after RFC 3339. Times without a zone
+// are UTC, as Python's naive isoformat() output is in practice.
+var timestampLayouts = []string{
+	"2006-01-02T15:04:05.999999999",
+	"2006-01-02 15:04:05.999999999Z07:00",
+	"2006-01-02 15:04:05.999999999",
+}
+
+// ParseTimestamp reads RFC 3339 (with or without a fraction, Z or an
+// offset), the same without a zone (UTC), with a space for the T, and the
+// Python service's "+00:00Z".
+func ParseTimestamp(s string) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	if strings.HasSuffix(s, "+00:00Z") {
+		s = strings.TrimSuffix(s, "Z")
+	}
+	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
+		return t.UTC(), nil
+	}
+	for _, layout := range timestampLayouts {
+		if t, err := time.Parse(layout, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("timestamp %q is not RFC 3339", truncate(s, 64))
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}
+
+// deriveKey returns id when it is a UUID (canonical form), else a version 5
+// UUID of id, or of the body when id is empty.
+func deriveKey(id string, body []byte) string {
+	if id != "" {
+		if u, err := uuid.Parse(id); err == nil && len(id) == 36 {
+			return u.String()
+		}
+		return uuid.NewSHA1(Namespace, append([]byte("event_id\x00"), id...)).String()
+	}
+	return uuid.NewSHA1(Namespace, append([]byte("body\x00"), body...)).String()
+}
+
+// CanonicalPath cleans an absolute path lexically: "//", "/./" and "/../"
+// are resolved, a trailing slash dropped. Relative paths are cleaned too but
+// stay relative, so they never equal an absolute one.
+func CanonicalPath(p string) string {
+	if p == "" {
+		return ""
+	}
+	return path.Clean(p)
+}
+
+// Field returns the value of a normalised field (event_id, timestamp,
+// source_service, server_hostname, event_type, severity, user_id,
+// action_result, resource, client_ip) or of a dotted path into the event
+// (details.protocol). Non-string JSON values are returned as their JSON
+// text (22, true); objects and arrays are not values. ok is false when the
+// field is absent or null.
+func (e *Event) Field(name string) (string, bool) {
+	switch name {
+	case "event_id":
+		return e.ID, e.ID != "" || e.has("event_id")
+	case "timestamp":
+		if e.Timestamp.IsZero() {
+			return "", false
+		}
+		return e.Timestamp.Format(time.RFC3339Nano), true
+	case "source_service":
+		return e.SourceService, e.SourceService != "" || e.has("source_service")
+	case "server_hostname":
+		return e.ServerHostname, e.ServerHostname != "" || e.has("server_hostname")
+	case "event_type":
+		return e.EventType, e.EventType != "" || e.has("event_type")
+	case "severity":
+		return e.Severity, e.Severity != "" || e.has("severity")
+	case "user_id":
+		return e.UserID, e.UserID != "" || e.has("user_id")
+	case "action_result":
+		return e.ActionResult, e.ActionResult != "" || e.has("action_result")
+	case "resource":
+		return e.Resource, e.Resource != "" || e.has("resource")
+	case "client_ip":
+		return e.ClientIP, e.ClientIP != "" || e.has("client_ip")
+	}
+	return e.lookup(name)
+}
+
+func (e *Event) has(name string) bool {
+	raw, ok := e.top[name]
+	return ok && !isNull(raw)
+}
+
+// lookup walks a dotted path through nested objects.
+func (e *Event) lookup(dotted string) (string, bool) {
+	parts := strings.Split(dotted, ".")
+	var cur json.RawMessage
+	var ok bool
+	if parts[0] == "details" && e.details != nil && len(parts) > 1 {
+		cur, ok = e.details[parts[1]]
+		parts = parts[2:]
+	} else {
+		cur, ok = e.top[parts[0]]
+		parts = parts[1:]
+	}
+	for ok && len(parts) > 0 {
+		if len(cur) == 0 || cur[0] != '{' {
+			return "", false
+		}
+		var obj map[string]json.RawMessage
+		if json.Unmarshal(cur, &obj) != nil {
+			return "", false
+		}
+		cur, ok = obj[parts[0]]
+		parts = parts[1:]
+	}
+	if !ok || len(cur) == 0 || isNull(cur) {
+		return "", false
+	}
+	switch cur[0] {
+	case '"':
+		s, err := decodeString(cur)
+		return s, err == nil
+	case '{', '[':
+		return "", false
+	default:
+		return string(cur), true
+	}
+}

@@ -1,0 +1,187 @@
+package rules
+
+import (
+	"fmt"
+	"net/netip"
+	"path"
+	"regexp"
+	"slices"
+	"strings"
+
+	"github.com/audit-platform/audit-log-analysis/internal/event"
+)
+
+// normalisedFields are the event fields a rule may name without a dot.
+var normalisedFields = []string{
+	"event_id", "timestamp", "source_service", "server_hostname", "event_type",
+	"severity", "user_id", "action_result", "resource", "client_ip",
+}
+
+// checkField reports whether name is a normalised field or a dotted path.
+func checkField(name string) error {
+	if slices.Contains(normalisedFields, name) {
+		return nil
+	}
+	parts := strings.Split(name, ".")
+	if len(parts) < 2 || slices.Contains(parts, "") {
+		return fmt.Errorf("unknown field %q: use one of %s, or a dotted path such as details.protocol",
+			name, strings.Join(normalisedFields, ", "))
+	}
+	return nil
+}
+
+// Op is a condition operator.
+type Op string
+
+// The operators a condition may use.
+const (
+	OpEquals   Op = "equals"
+	OpIn       Op = "in"
+	OpNotIn    Op = "not_in"
+	OpPath     Op = "path"
+	OpPrefix   Op = "prefix"
+	OpSuffix   Op = "suffix"
+	OpContains Op = "contains"
+	OpRegex    Op = "regex"
+	OpCIDR     Op = "cidr"
+	OpExists   Op = "exists"
+)
+
+// Condition tests one field of an event.
+type Condition struct {
+	Field  string
+	Op     Op
+	Values []string
+	// Compiled forms.
+	regex    *regexp.Regexp
+	prefixes []netip.Prefix
+	exists   bool
+}
+
+// Matches reports whether the condition holds. An absent field matches
+// only `exists: false` and `not_in`.
+func (c *Condition) Matches(ev *event.Event) bool {
+	v, ok := ev.Field(c.Field)
+	switch c.Op {
+	case OpExists:
+		return ok == c.exists
+	case OpNotIn:
+		return !ok || !slices.Contains(c.Values, v)
+	}
+	if !ok {
+		return false
+	}
+	switch c.Op {
+	case OpEquals, OpIn:
+		return slices.Contains(c.Values, v)
+	case OpPath:
+		p := event.CanonicalPath(v)
+		for _, glob := range c.Values {
+			if m, _ := path.Match(glob, p); m {
+				return true
+			}
+		}
+		return false
+	case OpPrefix:
+		return slices.ContainsFunc(c.Values, func(s string) bool { return strings.HasPrefix(v, s) })
+	case OpSuffix:
+		return slices.ContainsFunc(c.Values, func(s string) bool { return strings.HasSuffix(v, s) })
+	case OpContains:
+		return slices.ContainsFunc(c.Values, func(s string) bool { return strings.Contains(v, s) })
+	case OpRegex:
+		return c.regex.MatchString(v)
+	case OpCIDR:
+		addr, err := netip.ParseAddr(strings.TrimSpace(v))
+		if err != nil {
+			return false
+		}
+		addr = addr.WithZone("").Unmap()
+		for _, p := range c.prefixes {
+			if p.Contains(addr) {
+				return true
+			}
+		}
+		return false
+	}
+	return false
+}
+
+// compile checks the condition's values and prepares them for matching.
+func (c *Condition) compile() error {
+	if err := checkField(c.Field); err != nil {
+		return err
+	}
+	switch c.Op {
+	case OpEquals, OpIn, OpNotIn, OpPrefix, OpSuffix, OpContains:
+		if len(c.Values) == 0 {
+			return fmt.Errorf("field %q: %s needs at least one value", c.Field, c.Op)
+		}
+	case OpPath:
+		if len(c.Values) == 0 {
+			return fmt.Errorf("field %q: path needs at least one glob", c.Field)
+		}
+		for i, glob := range c.Values {
+			if !strings.HasPrefix(glob, "/") {
+				return fmt.Errorf("field %q: path glob %q is not absolute", c.Field, glob)
+			}
+			clean := path.Clean(glob)
+			if _, err := path.Match(clean, ""); err != nil {
+				return fmt.Errorf("field %q: path glob %q: %v", c.Field, glob, err)
+			}
+			c.Values[i] = clean
+		}
+	case OpRegex:
+		if len(c.Values) != 1 {
+			return fmt.Errorf("field %q: regex takes one pattern", c.Field)
+		}
+		re, err := regexp.Compile(c.Values[0])
+		if err != nil {
+			return fmt.Errorf("field %q: bad regex %q: %v", c.Field, c.Values[0], err)
+		}
+		c.regex = re
+	case OpCIDR:
+		if len(c.Values) == 0 {
+			return fmt.Errorf("field %q: cidr needs at least one network", c.Field)
+		}
+		for _, s := range c.Values {
+			p, err := parsePrefix(s)
+			if err != nil {
+				return fmt.Errorf("field %q: bad CIDR %q: %v", c.Field, s, err)
+			}
+			c.prefixes = append(c.prefixes, p)
+		}
+	case OpExists:
+		switch strings.ToLower(strings.Join(c.Values, "")) {
+		case "true":
+			c.exists = true
+		case "false":
+			c.exists = false
+		default:
+			return fmt.Errorf("field %q: exists takes true or false", c.Field)
+		}
+	default:
+		return fmt.Errorf("field %q: unknown operator %q (one of in, not_in, path, prefix, suffix, contains, regex, cidr, exists)", c.Field, c.Op)
+	}
+	return nil
+}
+
+// parsePrefix reads a CIDR, or a single address as a /32 or /128.
+func parsePrefix(s string) (netip.Prefix, error) {
+	s = strings.TrimSpace(s)
+	if !strings.Contains(s, "/") {
+		addr, err := netip.ParseAddr(s)
+		if err != nil {
+			return netip.Prefix{}, err
+		}
+		addr = addr.Unmap()
+		return netip.PrefixFrom(addr, addr.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if p.Addr().Is4In6() && p.Bits() >= 96 {
+		p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-96)
+	}
+	return p.Masked(), nil
+}

@@ -1,0 +1,218 @@
+package rules
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/audit-platform/audit-log-analysis/internal/alert"
+	"github.com/audit-platform/audit-log-analysis/internal/event"
+	"github.com/audit-platform/audit-log-analysis/internal/state"
+)
+
+// Store keeps the windowed state of threshold rules. Apply handles a batch
+// of updates in order, in one round trip where the store is remote; an
+// error means none of the answers can be trusted and the batch is retried.
+type Store interface {
+	Apply(ctx context.Context, updates []state.Update) ([]state.Result, error)
+}
+
+// Options configures an Engine.
+type Options struct {
+	// Environment goes into every alert's metadata.
+	Environment string
+	// MaxClockSkew: an event time further than this ahead of arrival time
+	// is clamped to arrival time. Zero disables clamping.
+	MaxClockSkew time.Duration
+	// EventClock makes arrival time the newest event time seen so far
+	// instead of the wall clock, so a replay is deterministic.
+	EventClock bool
+}
+
+// Engine turns events into alerts. Process is called by one goroutine at a
+// time; SetRules may be called from any goroutine.
+type Engine struct {
+	store Store
+	opts  Options
+	rules atomic.Pointer[Set]
+
+	mu     sync.Mutex
+	newest time.Time // EventClock only
+}
+
+// NewEngine returns an engine running set against store.
+func NewEngine(store Store, set *Set, opts Options) *Engine {
+	e := &Engine{store: store, opts: opts}
+	e.rules.Store(set)
+	return e
+}
+
+// SetRules swaps the rule set; the next batch uses it. State of threshold
+// rules whose id, group-by, window and distinct field are unchanged is
+// kept, because their store keys are.
+func (e *Engine) SetRules(set *Set) { e.rules.Store(set) }
+
+// Rules returns the rule set in use.
+func (e *Engine) Rules() *Set { return e.rules.Load() }
+
+// Fired is an alert with the rule that raised it.
+type Fired struct {
+	Alert alert.Alert
+	Rule  *Rule
+}
+
+// Output is what one batch produced.
+type Output struct {
+	// Alerts in event order, then rule order.
+	Alerts []Fired
+	// Clamped counts events whose time was too far in the future.
+	Clamped int
+	// InvalidTimestamps counts events whose timestamp could not be read.
+	InvalidTimestamps int
+	// Suppressed counts suppressed matches by rule id.
+	Suppressed map[string]int
+	// Duplicates counts matches the store had already seen.
+	Duplicates int
+}
+
+// pending is one alert waiting for the store's answer (stateful) or ready
+// (stateless: result is nil).
+type pending struct {
+	rule   *Rule
+	ev     *event.Event
+	update int // index into updates, -1 when stateless
+	group  map[string]string
+	key    string
+	now    time.Time
+}
+
+// Process runs the rules over a batch of events. now is the arrival time of
+// the batch (ignored with EventClock). On error nothing of the batch may be
+// acknowledged; running the same batch again is safe: the store is
+// idempotent and alert ids are deterministic.
+func (e *Engine) Process(ctx context.Context, events []*event.Event, now time.Time) (Output, error) {
+	set := e.rules.Load()
+	var out Output
+	var updates []state.Update
+	var todo []pending
+	for _, ev := range events {
+		if ev.TimestampInvalid {
+			out.InvalidTimestamps++
+		}
+		t, arrival, clamped := e.eventTime(ev, now)
+		if clamped {
+			out.Clamped++
+		}
+		for _, r := range set.Rules {
+			if !r.Enabled || !r.Matches(ev) {
+				continue
+			}
+			p := pending{rule: r, ev: ev, update: -1, now: arrival}
+			if th := r.Threshold; th != nil {
+				values := make([]string, len(th.GroupBy))
+				p.group = make(map[string]string, len(th.GroupBy))
+				for i, f := range th.GroupBy {
+					values[i], _ = ev.Field(f)
+					p.group[f] = values[i]
+				}
+				p.key = th.groupKey(values)
+				u := state.Update{
+					Key:      p.key,
+					EventID:  ev.Key,
+					Time:     t.UnixMicro(),
+					Count:    th.Count,
+					Window:   th.Window,
+					Suppress: r.Suppress,
+				}
+				if th.Distinct != "" {
+					u.Distinct = true
+					u.Value, _ = ev.Field(th.Distinct)
+				}
+				p.update = len(updates)
+				updates = append(updates, u)
+			}
+			todo = append(todo, p)
+		}
+	}
+	var results []state.Result
+	if len(updates) > 0 {
+		var err error
+		if results, err = e.store.Apply(ctx, updates); err != nil {
+			return Output{}, fmt.Errorf("apply %d updates to the state store: %w", len(updates), err)
+		}
+		if len(results) != len(updates) {
+			return Output{}, fmt.Errorf("state store answered %d of %d updates", len(results), len(updates))
+		}
+	}
+	for _, p := range todo {
+		in := alert.Input{Rule: p.rule.Alert, Event: p.ev, Environment: e.opts.Environment, Now: p.now}
+		vals := templateValues{ruleID: p.rule.Alert.ID}
+		if p.update >= 0 {
+			res := results[p.update]
+			switch res.Outcome {
+			case state.Suppressed:
+				if out.Suppressed == nil {
+					out.Suppressed = map[string]int{}
+				}
+				out.Suppressed[p.rule.Alert.ID]++
+				continue
+			case state.Duplicate:
+				out.Duplicates++
+				continue
+			case state.Below:
+				continue
+			}
+			th := p.rule.Threshold
+			b := res.Burst
+			in.Burst = &alert.Burst{
+				GroupKey:     p.key,
+				Group:        p.group,
+				Start:        time.UnixMicro(b.Start).UTC(),
+				End:          time.UnixMicro(b.End).UTC(),
+				Window:       th.Window,
+				Count:        b.Count,
+				Threshold:    th.Count,
+				FirstEventID: b.FirstEventID,
+				EventIDs:     b.EventIDs,
+				Suppressed:   b.Suppressed,
+			}
+			vals.threshold, vals.window, vals.count = th.Count, th.Window, b.Count
+		}
+		in.Rule.Description = p.rule.description.render(p.ev, vals)
+		in.Description = p.rule.alertDescription.render(p.ev, vals)
+		out.Alerts = append(out.Alerts, Fired{Alert: alert.Build(in), Rule: p.rule})
+	}
+	return out, nil
+}
+
+// eventTime returns the time an event counts at, its arrival time, and
+// whether its own time was clamped for being too far ahead.
+func (e *Engine) eventTime(ev *event.Event, now time.Time) (t, arrival time.Time, clamped bool) {
+	if e.opts.EventClock {
+		e.mu.Lock()
+		defer e.mu.Unlock()
+		arrival = e.newest
+		t = ev.Timestamp
+		switch {
+		case t.IsZero():
+			t = arrival
+		case !arrival.IsZero() && e.opts.MaxClockSkew > 0 && t.Sub(arrival) > e.opts.MaxClockSkew:
+			t, clamped = arrival, true
+		}
+		if t.After(e.newest) {
+			e.newest = t
+		}
+		return t, e.newest, clamped
+	}
+	arrival = now
+	t = ev.Timestamp
+	switch {
+	case t.IsZero():
+		t = arrival
+	case e.opts.MaxClockSkew > 0 && t.Sub(arrival) > e.opts.MaxClockSkew:
+		t, clamped = arrival, true
+	}
+	return t, arrival, clamped
+}

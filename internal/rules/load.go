@@ -1,0 +1,404 @@
+package rules
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// MaxWindow bounds a threshold window or suppression period: state is kept
+// for about two windows, so a window of days would keep a lot.
+const MaxWindow = 7 * 24 * time.Hour
+
+// LoadFile reads and validates a rules file.
+func LoadFile(name string) (*Set, error) {
+	data, err := os.ReadFile(name)
+	if err != nil {
+		return nil, fmt.Errorf("read rules file: %w", err)
+	}
+	return Parse(name, data)
+}
+
+// Parse validates a rules file's bytes. Every problem is reported, each as
+// "FILE:LINE: rule "ID": what is wrong".
+func Parse(source string, data []byte) (*Set, error) {
+	sum := sha256.Sum256(data)
+	set := &Set{Source: source, Hash: hex.EncodeToString(sum[:])}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, fmt.Errorf("%s: %w", source, err)
+	}
+	p := &parser{source: source}
+	if len(doc.Content) == 0 {
+		return nil, fmt.Errorf("%s: empty rules file: want a top-level \"rules:\" list", source)
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("%s:%d: want a mapping with a \"rules:\" list", source, root.Line)
+	}
+	var list *yaml.Node
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		if k.Value == "rules" {
+			list = v
+			continue
+		}
+		p.errorf(k, "", "unknown top-level key %q (only \"rules\")", k.Value)
+	}
+	if list == nil || list.Kind != yaml.SequenceNode {
+		line := root.Line
+		if list != nil {
+			line = list.Line
+		}
+		p.errs = append(p.errs, fmt.Errorf("%s:%d: want a \"rules:\" list", source, line))
+		return nil, errors.Join(p.errs...)
+	}
+	seen := map[string]int{}
+	for i, node := range list.Content {
+		r := p.rule(node, i+1)
+		if r == nil {
+			continue
+		}
+		if first, dup := seen[r.Alert.ID]; dup {
+			p.errorf(node, r.Alert.ID, "duplicate rule id (first defined at line %d)", first)
+			continue
+		}
+		seen[r.Alert.ID] = r.Line
+		set.Rules = append(set.Rules, r)
+	}
+	if len(p.errs) > 0 {
+		return nil, errors.Join(p.errs...)
+	}
+	return set, nil
+}
+
+type parser struct {
+	source string
+	errs   []error
+	// cur is the rule being parsed: errors about a missing key point at it.
+	cur *yaml.Node
+}
+
+func (p *parser) errorf(n *yaml.Node, rule, format string, args ...any) {
+	if n == nil {
+		n = p.cur
+	}
+	msg := fmt.Sprintf(format, args...)
+	if rule != "" {
+		msg = fmt.Sprintf("rule %q: %s", rule, msg)
+	}
+	p.errs = append(p.errs, fmt.Errorf("%s:%d: %s", p.source, n.Line, msg))
+}
+
+// rule parses one list item; it returns nil when the item has errors.
+func (p *parser) rule(n *yaml.Node, index int) *Rule {
+	before := len(p.errs)
+	p.cur = n
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n, "", "rule #%d: want a mapping", index)
+		return nil
+	}
+	fields := map[string]*yaml.Node{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		fields[n.Content[i].Value] = n.Content[i+1]
+	}
+	label := fmt.Sprintf("#%d", index)
+	r := &Rule{Line: n.Line, Enabled: true}
+	if v, ok := fields["id"]; ok && v.Kind == yaml.ScalarNode && strings.TrimSpace(v.Value) != "" {
+		r.Alert.ID = strings.TrimSpace(v.Value)
+		label = r.Alert.ID
+	} else {
+		p.errorf(n, label, "missing id")
+	}
+	str := func(key string, dst *string) {
+		v, ok := fields[key]
+		if !ok {
+			return
+		}
+		if v.Kind != yaml.ScalarNode || v.Tag == "!!null" {
+			p.errorf(v, label, "%s: want a string", key)
+			return
+		}
+		*dst = v.Value
+	}
+	var description, alertDescription, suppress string
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch k.Value {
+		case "id":
+		case "name":
+			str("name", &r.Alert.Name)
+		case "description":
+			str("description", &description)
+		case "alert_name":
+			str("alert_name", &r.Alert.AlertName)
+		case "alert_description":
+			str("alert_description", &alertDescription)
+		case "alert_type":
+			str("alert_type", &r.Alert.AlertType)
+		case "severity":
+			str("severity", &r.Alert.Severity)
+		case "action_observed":
+			str("action_observed", &r.Alert.ActionObserved)
+		case "resource_type":
+			str("resource_type", &r.Alert.ResourceType)
+		case "actor_type":
+			str("actor_type", &r.Alert.ActorType)
+		case "category":
+			str("category", &r.Category)
+		case "remediation_guidance":
+			str("remediation_guidance", &r.Alert.Remediation)
+		case "playbook_url":
+			str("playbook_url", &r.Alert.PlaybookURL)
+		case "tags":
+			r.Alert.Tags = p.strings(v, label, "tags")
+		case "enabled":
+			b, err := strconv.ParseBool(v.Value)
+			if v.Kind != yaml.ScalarNode || err != nil {
+				p.errorf(v, label, "enabled: want true or false")
+			}
+			r.Enabled = b
+		case "match":
+			r.Match = p.match(v, label)
+		case "threshold":
+			r.Threshold = p.threshold(v, label)
+		case "suppress":
+			str("suppress", &suppress)
+		default:
+			p.errorf(k, label, "unknown key %q", k.Value)
+		}
+	}
+	if len(r.Match) == 0 && fields["match"] == nil {
+		p.errorf(n, label, "missing match: a rule needs at least one condition")
+	}
+	if r.Alert.Name == "" {
+		r.Alert.Name = r.Alert.ID
+	}
+	if r.Alert.AlertName == "" {
+		r.Alert.AlertName = r.Alert.Name
+	}
+	if r.Alert.AlertType == "" {
+		r.Alert.AlertType = "SECURITY"
+	}
+	if r.Alert.Severity == "" {
+		p.errorf(n, label, "missing severity")
+	}
+	if r.Alert.ActionObserved == "" {
+		r.Alert.ActionObserved = "RULE_MATCH"
+	}
+	switch r.Alert.ResourceType {
+	case "":
+		r.Alert.ResourceType = "SERVER"
+	case "SERVER", "FILE":
+	default:
+		p.errorf(fields["resource_type"], label, "resource_type: want SERVER or FILE, not %q", r.Alert.ResourceType)
+	}
+	if r.Category == "" {
+		r.Category = r.Alert.ID
+	}
+	for _, lim := range []struct {
+		key, value string
+		max        int
+	}{
+		{"id", r.Alert.ID, 255}, {"name", r.Alert.Name, 255}, {"alert_name", r.Alert.AlertName, 255},
+		{"alert_type", r.Alert.AlertType, 50}, {"severity", r.Alert.Severity, 50}, {"actor_type", r.Alert.ActorType, 50},
+		{"action_observed", r.Alert.ActionObserved, 255}, {"category", r.Category, 64},
+	} {
+		if len([]rune(lim.value)) > lim.max {
+			p.errorf(n, label, "%s is longer than %d characters", lim.key, lim.max)
+		}
+	}
+	var err error
+	if r.description, err = parseTemplate(description); err != nil {
+		p.errorf(fields["description"], label, "description: %v", err)
+	}
+	if alertDescription == "" {
+		alertDescription = defaultAlertDescription(r)
+	}
+	if r.alertDescription, err = parseTemplate(alertDescription); err != nil {
+		p.errorf(fields["alert_description"], label, "alert_description: %v", err)
+	}
+	if suppress != "" {
+		d, err := parseDuration(suppress)
+		switch {
+		case err != nil:
+			p.errorf(fields["suppress"], label, "suppress: %v", err)
+		case r.Threshold == nil:
+			p.errorf(fields["suppress"], label, "suppress needs a threshold (a threshold with count: 1 alerts once per group)")
+		default:
+			r.Suppress = d
+		}
+	} else if r.Threshold != nil {
+		r.Suppress = r.Threshold.Window
+	}
+	if r.Threshold != nil {
+		r.Threshold.computeShape(r.Alert.ID)
+	}
+	if len(p.errs) > before {
+		return nil
+	}
+	return r
+}
+
+func defaultAlertDescription(r *Rule) string {
+	if r.Threshold == nil {
+		return r.Alert.Name + " matched for user '{{user_id}}' on '{{server_hostname}}'."
+	}
+	return "{{count}} matching events within {{window_seconds}} seconds (threshold {{threshold}}) for " + r.Alert.Name + "."
+}
+
+// strings reads a scalar or a list of scalars.
+func (p *parser) strings(n *yaml.Node, label, key string) []string {
+	switch n.Kind {
+	case yaml.ScalarNode:
+		if n.Tag == "!!null" {
+			p.errorf(n, label, "%s: want a value or a list", key)
+			return nil
+		}
+		return []string{n.Value}
+	case yaml.SequenceNode:
+		out := make([]string, 0, len(n.Content))
+		for _, item := range n.Content {
+			if item.Kind != yaml.ScalarNode || item.Tag == "!!null" {
+				p.errorf(item, label, "%s: list items must be plain values", key)
+				continue
+			}
+			out = append(out, item.Value)
+		}
+		return out
+	}
+	p.errorf(n, label, "%s: want a value or a list", key)
+	return nil
+}
+
+func (p *parser) match(n *yaml.Node, label string) []Condition {
+	if n.Kind != yaml.MappingNode || len(n.Content) == 0 {
+		p.errorf(n, label, "match: want a mapping of field: condition")
+		return nil
+	}
+	var conds []Condition
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		c := Condition{Field: k.Value}
+		switch v.Kind {
+		case yaml.ScalarNode:
+			c.Op = OpEquals
+			c.Values = p.strings(v, label, "match."+k.Value)
+		case yaml.SequenceNode:
+			c.Op = OpIn
+			c.Values = p.strings(v, label, "match."+k.Value)
+		case yaml.MappingNode:
+			if len(v.Content) != 2 {
+				p.errorf(v, label, "match.%s: want exactly one operator", k.Value)
+				continue
+			}
+			c.Op = Op(v.Content[0].Value)
+			if c.Op == OpEquals {
+				c.Op = "equals" + " (write a plain value)"
+			}
+			c.Values = p.strings(v.Content[1], label, "match."+k.Value+"."+v.Content[0].Value)
+			if c.Op == OpRegex && len(c.Values) != 1 {
+				p.errorf(v.Content[1], label, "match.%s.regex: want one pattern", k.Value)
+				continue
+			}
+			if err := c.compile(); err != nil {
+				p.errorf(v.Content[0], label, "match: %v", err)
+				continue
+			}
+			conds = append(conds, c)
+			continue
+		default:
+			p.errorf(v, label, "match.%s: want a value, a list or an operator", k.Value)
+			continue
+		}
+		if err := c.compile(); err != nil {
+			p.errorf(k, label, "match: %v", err)
+			continue
+		}
+		conds = append(conds, c)
+	}
+	return conds
+}
+
+func (p *parser) threshold(n *yaml.Node, label string) *Threshold {
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n, label, "threshold: want a mapping with count and window")
+		return nil
+	}
+	t := &Threshold{}
+	var haveCount, haveWindow bool
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch k.Value {
+		case "count":
+			c, err := strconv.Atoi(v.Value)
+			if v.Kind != yaml.ScalarNode || err != nil || c < 1 || c > 100000 {
+				p.errorf(v, label, "threshold.count: want a whole number from 1 to 100000")
+				continue
+			}
+			t.Count, haveCount = c, true
+		case "window":
+			d, err := parseDuration(v.Value)
+			if v.Kind != yaml.ScalarNode || err != nil || d <= 0 {
+				if err == nil {
+					err = errors.New("must be positive")
+				}
+				p.errorf(v, label, "threshold.window: %v", err)
+				continue
+			}
+			t.Window, haveWindow = d, true
+		case "group_by":
+			for _, f := range p.strings(v, label, "threshold.group_by") {
+				if err := checkField(f); err != nil {
+					p.errorf(v, label, "threshold.group_by: %v", err)
+					continue
+				}
+				t.GroupBy = append(t.GroupBy, f)
+			}
+		case "distinct":
+			if v.Kind != yaml.ScalarNode {
+				p.errorf(v, label, "threshold.distinct: want a field name")
+				continue
+			}
+			if err := checkField(v.Value); err != nil {
+				p.errorf(v, label, "threshold.distinct: %v", err)
+				continue
+			}
+			t.Distinct = v.Value
+		default:
+			p.errorf(k, label, "threshold: unknown key %q (count, window, group_by, distinct)", k.Value)
+		}
+	}
+	if !haveCount {
+		p.errorf(n, label, "threshold: missing count")
+	}
+	if !haveWindow {
+		p.errorf(n, label, "threshold: missing window")
+	}
+	return t
+}
+
+// parseDuration reads a Go duration ("60s", "10m") or whole seconds ("60").
+func parseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	var d time.Duration
+	if n, err := strconv.Atoi(s); err == nil {
+		d = time.Duration(n) * time.Second
+	} else if d, err = time.ParseDuration(s); err != nil {
+		return 0, fmt.Errorf("bad duration %q (want e.g. 60s, 10m)", s)
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("bad duration %q: negative", s)
+	}
+	if d > MaxWindow {
+		return 0, fmt.Errorf("duration %q is longer than %s", s, MaxWindow)
+	}
+	return d, nil
+}

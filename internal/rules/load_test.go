@@ -1,0 +1,233 @@
+package rules
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/audit-platform/audit-log-analysis/internal/event"
+	rulefiles "github.com/audit-platform/audit-log-analysis/rules"
+)
+
+func mustParse(t *testing.T, src string) *Set {
+	t.Helper()
+	set, err := Parse("test.yaml", []byte(src))
+	if err != nil {
+		t.Fatalf("Parse: %v", err)
+	}
+	return set
+}
+
+func decode(t testing.TB, body string) *event.Event {
+	t.Helper()
+	ev, err := event.Decode([]byte(body), event.MaxBodyBytes)
+	if err != nil {
+		t.Fatalf("decode %s: %v", body, err)
+	}
+	return ev
+}
+
+func TestTheBuiltInRulesLoad(t *testing.T) {
+	t.Parallel()
+	set, err := Parse(rulefiles.DefaultName, rulefiles.Default)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set.Rules) != 2 || set.Rule(FailedLoginRuleID) == nil || set.Rule(SensitiveFileRuleID) == nil {
+		t.Fatalf("built-in rules = %d, want ANLY-SEC-001 and ANLY-SEC-002", len(set.Rules))
+	}
+	th := set.Rule(FailedLoginRuleID).Threshold
+	if th.Count != 3 || th.Window != time.Minute || strings.Join(th.GroupBy, ",") != "user_id,server_hostname" {
+		t.Errorf("ANLY-SEC-001 threshold = %+v", th)
+	}
+}
+
+func TestParseRefusesBadFilesNamingRuleAndLine(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		src  string
+		want []string // each must appear in the error
+	}{
+		{"unknown rule key", `
+rules:
+  - id: R1
+    severity: HIGH
+    match: {event_type: x}
+    colour: red
+`, []string{`test.yaml:6: rule "R1": unknown key "colour"`}},
+		{"unknown operator", `
+rules:
+  - id: R2
+    severity: HIGH
+    match:
+      user_id: {like: bob}
+`, []string{`test.yaml:6: rule "R2"`, `unknown operator "like"`}},
+		{"duplicate id", `
+rules:
+  - id: R3
+    severity: HIGH
+    match: {event_type: x}
+  - id: R3
+    severity: HIGH
+    match: {event_type: y}
+`, []string{`test.yaml:6: rule "R3": duplicate rule id (first defined at line 3)`}},
+		{"bad duration", `
+rules:
+  - id: R4
+    severity: HIGH
+    match: {event_type: x}
+    threshold: {count: 3, window: soon}
+`, []string{`test.yaml:6: rule "R4": threshold.window: bad duration "soon"`}},
+		{"bad regex", `
+rules:
+  - id: R5
+    severity: HIGH
+    match:
+      user_id: {regex: "a("}
+`, []string{`rule "R5"`, `bad regex "a("`}},
+		{"bad cidr", `
+rules:
+  - id: R6
+    severity: HIGH
+    match:
+      client_ip: {cidr: [10.0.0.0/33]}
+`, []string{`test.yaml:6: rule "R6"`, `bad CIDR "10.0.0.0/33"`}},
+		{"unknown field", `
+rules:
+  - id: R7
+    severity: HIGH
+    match: {usr_id: bob}
+`, []string{`rule "R7"`, `unknown field "usr_id"`}},
+		{"missing id and severity", `
+rules:
+  - match: {event_type: x}
+`, []string{`test.yaml:3: rule "#1": missing id`, `missing severity`}},
+		{"suppress without threshold", `
+rules:
+  - id: R8
+    severity: HIGH
+    match: {event_type: x}
+    suppress: 10s
+`, []string{`rule "R8": suppress needs a threshold`}},
+		{"every problem at once", `
+rules:
+  - id: A
+    severity: HIGH
+    match: {event_type: x}
+    bogus: 1
+  - id: B
+    severity: HIGH
+    match: {client_ip: {cidr: [nope]}}
+`, []string{`rule "A": unknown key "bogus"`, `rule "B"`, `bad CIDR "nope"`}},
+		{"not a rules file", `hello: world`, []string{`unknown top-level key "hello"`, `want a "rules:" list`}},
+		{"bad threshold count", `
+rules:
+  - id: R9
+    severity: HIGH
+    match: {event_type: x}
+    threshold: {count: 0, window: 10s}
+`, []string{`rule "R9": threshold.count`}},
+		{"bad resource type", `
+rules:
+  - id: R10
+    severity: HIGH
+    resource_type: DISK
+    match: {event_type: x}
+`, []string{`rule "R10": resource_type: want SERVER or FILE`}},
+		{"bad placeholder", `
+rules:
+  - id: R11
+    severity: HIGH
+    alert_description: "{{nobody}} did it"
+    match: {event_type: x}
+`, []string{`rule "R11": alert_description`, `unknown field "nobody"`}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			_, err := Parse("test.yaml", []byte(tc.src))
+			if err == nil {
+				t.Fatal("Parse succeeded, want an error")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error does not contain %q:\n%v", w, err)
+				}
+			}
+		})
+	}
+}
+
+func TestConditions(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name  string
+		match string
+		body  string
+		want  bool
+	}{
+		{"equals", `event_type: user_login`, `{"event_type":"user_login"}`, true},
+		{"equals is exact", `event_type: user_login`, `{"event_type":"user_login2"}`, false},
+		{"list is any of", `action_result: [FAILURE, FAILED]`, `{"action_result":"FAILED"}`, true},
+		{"in", `action_result: {in: [FAILURE]}`, `{"action_result":"SUCCESS"}`, false},
+		{"not_in", `user_id: {not_in: [root]}`, `{"user_id":"bob"}`, true},
+		{"not_in holds for an absent field", `user_id: {not_in: [root]}`, `{}`, true},
+		{"absent field never equals", `user_id: ""`, `{}`, false},
+		{"path exact after cleaning", `resource: {path: [/etc/shadow]}`, `{"resource":"/etc/ssh/../shadow"}`, true},
+		{"path is not a substring", `resource: {path: [/etc/passwd]}`, `{"resource":"/home/x/etc/passwd"}`, false},
+		{"path is not a prefix", `resource: {path: [/etc/passwd]}`, `{"resource":"/etc/passwd.bak"}`, false},
+		{"path glob", `resource: {path: [/etc/sudoers.d/*]}`, `{"details":{"resource":"/etc/sudoers.d/90-cloud"}}`, true},
+		{"path glob does not cross directories", `resource: {path: [/etc/sudoers.d/*]}`, `{"resource":"/etc/sudoers.d/a/b"}`, false},
+		{"path glob after cleaning", `resource: {path: [/etc/pam.d/*]}`, `{"resource":"//etc/pam.d//sshd"}`, true},
+		{"prefix", `user_id: {prefix: [svc_]}`, `{"user_id":"svc_backup"}`, true},
+		{"suffix", `server_hostname: {suffix: [.prod]}`, `{"server_hostname":"db1.prod"}`, true},
+		{"contains", `details.reason: {contains: password}`, `{"details":{"reason":"Incorrect password"}}`, true},
+		{"regex", `user_id: {regex: "^adm(in)?[0-9]+$"}`, `{"user_id":"admin7"}`, true},
+		{"regex no match", `user_id: {regex: "^adm(in)?[0-9]+$"}`, `{"user_id":"xadmin7"}`, false},
+		{"cidr v4", `client_ip: {cidr: [10.0.0.0/8, 192.168.1.0/24]}`, `{"client_ip":"192.168.1.150"}`, true},
+		{"cidr from details.ip_address", `client_ip: {cidr: [192.168.0.0/16]}`, `{"details":{"ip_address":"192.168.1.150"}}`, true},
+		{"cidr v6", `client_ip: {cidr: ["2001:db8::/32"]}`, `{"client_ip":"2001:db8::1"}`, true},
+		{"cidr mapped v4", `client_ip: {cidr: [10.0.0.0/8]}`, `{"client_ip":"::ffff:10.1.2.3"}`, true},
+		{"cidr not an address", `client_ip: {cidr: [0.0.0.0/0]}`, `{"client_ip":"N/A"}`, false},
+		{"cidr single address", `client_ip: {cidr: [10.9.9.9]}`, `{"client_ip":"10.9.9.9"}`, true},
+		{"exists", `details.protocol: {exists: true}`, `{"details":{"protocol":"ssh"}}`, true},
+		{"exists false", `details.protocol: {exists: false}`, `{"details":{}}`, true},
+		{"number as text", `details.port: 22`, `{"details":{"port":22}}`, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			set := mustParse(t, "rules:\n  - id: T\n    severity: HIGH\n    match:\n      "+tc.match+"\n")
+			if got := set.Rules[0].Matches(decode(t, tc.body)); got != tc.want {
+				t.Errorf("match %s on %s = %v, want %v", tc.match, tc.body, got, tc.want)
+			}
+		})
+	}
+}
+
+func TestOverridesRetuneTheBuiltInRules(t *testing.T) {
+	t.Parallel()
+	set, err := Parse(rulefiles.DefaultName, rulefiles.Default)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, applied := set.WithOverrides(Overrides{FailedLoginThreshold: 5, FailedLoginWindow: 2 * time.Minute, SensitiveFiles: []string{"/srv/app/secret[1].key"}})
+	if len(applied) != 3 {
+		t.Errorf("applied = %v, want three overrides", applied)
+	}
+	th := got.Rule(FailedLoginRuleID).Threshold
+	if th.Count != 5 || th.Window != 2*time.Minute || got.Rule(FailedLoginRuleID).Suppress != 2*time.Minute {
+		t.Errorf("ANLY-SEC-001 = %+v suppress %v", th, got.Rule(FailedLoginRuleID).Suppress)
+	}
+	if set.Rule(FailedLoginRuleID).Threshold.Count != 3 {
+		t.Error("WithOverrides changed the original set")
+	}
+	files := got.Rule(SensitiveFileRuleID)
+	ev := func(res string) *event.Event {
+		return decode(t, `{"event_type":"file_modified","action_result":"MODIFIED","details":{"resource":"`+res+`"}}`)
+	}
+	if !files.Matches(ev("/srv/app/secret[1].key")) || files.Matches(ev("/etc/shadow")) || files.Matches(ev("/srv/app/secret1.key")) {
+		t.Error("SENSITIVE_FILES override does not match literal paths only")
+	}
+}

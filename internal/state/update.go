@@ -1,0 +1,90 @@
+package state
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Bounds shared by both stores. They are part of the semantics: changing one
+// changes which events are remembered, so both stores read them from here.
+const (
+	// maxEvents bounds the events a group remembers; the oldest go first.
+	maxEvents = 4096
+	// maxBursts bounds the alerted bursts a group remembers for
+	// suppression and for answering a redelivered trigger event.
+	maxBursts = 16
+	// minRetention is the least time events are kept behind the newest
+	// one, so that late events still find the events they complete.
+	minRetention = 5 * time.Minute
+	// keyGrace keeps Redis keys this much longer than the windows need,
+	// so a quiet group is not forgotten while a late event may still come.
+	keyGrace = 10 * time.Minute
+
+	// maxSpan and maxTime keep every sum of a time and spans below 2^53,
+	// where a Redis score and a Lua number still hold it exactly.
+	maxSpan = 366 * 24 * time.Hour
+	maxTime = 1 << 52
+)
+
+// ErrInvalidUpdate reports an Update no store can apply: retrying the batch
+// cannot help, so callers should treat it as permanent.
+var ErrInvalidUpdate = errors.New("invalid state update")
+
+// validate checks a whole batch before any of it is applied, so an invalid
+// update leaves the store unchanged.
+func validate(updates []Update) error {
+	for i, u := range updates {
+		if err := check(u); err != nil {
+			return fmt.Errorf("%w: update %d (key %q, event %q): %s", ErrInvalidUpdate, i, u.Key, u.EventID, err)
+		}
+	}
+	return nil
+}
+
+func check(u Update) error {
+	switch {
+	case !isHex(u.Key):
+		// Redis key names embed Key inside a {hash tag}; only the
+		// caller's hex digest keeps users from choosing the slot.
+		return errors.New("key must be non-empty lowercase hex")
+	case u.EventID == "":
+		return errors.New("event id is empty")
+	case u.Time < 0 || u.Time > maxTime:
+		return fmt.Errorf("time %d out of range", u.Time)
+	case u.Count < 1:
+		return fmt.Errorf("count %d below 1", u.Count)
+	case micros(u.Window) < 1 || u.Window > maxSpan:
+		return fmt.Errorf("window %v out of range", u.Window)
+	case u.Suppress < 0 || u.Suppress > maxSpan:
+		return fmt.Errorf("suppress %v out of range", u.Suppress)
+	}
+	return nil
+}
+
+func isHex(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func micros(d time.Duration) int64 { return d.Microseconds() }
+
+// retention is how far behind the newest event (in µs) a group keeps events:
+// the window plus at least five minutes for late arrivals.
+func retention(window time.Duration) int64 {
+	w := micros(window)
+	return w + max(w, micros(minRetention))
+}
+
+// keyTTL is how long Redis keeps a group after its last update.
+func keyTTL(u Update) time.Duration {
+	return time.Duration(retention(u.Window)+micros(u.Suppress))*time.Microsecond + keyGrace
+}
