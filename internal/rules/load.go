@@ -338,13 +338,15 @@ func (p *parser) threshold(n *yaml.Node, label string) *Threshold {
 		k, v := n.Content[i], n.Content[i+1]
 		switch k.Value {
 		case "count":
+			haveCount = true
 			c, err := strconv.Atoi(v.Value)
 			if v.Kind != yaml.ScalarNode || err != nil || c < 1 || c > 100000 {
 				p.errorf(v, label, "threshold.count: want a whole number from 1 to 100000")
 				continue
 			}
-			t.Count, haveCount = c, true
+			t.Count = c
 		case "window":
+			haveWindow = true
 			d, err := parseDuration(v.Value)
 			if v.Kind != yaml.ScalarNode || err != nil || d <= 0 {
 				if err == nil {
@@ -353,7 +355,7 @@ func (p *parser) threshold(n *yaml.Node, label string) *Threshold {
 				p.errorf(v, label, "threshold.window: %v", err)
 				continue
 			}
-			t.Window, haveWindow = d, true
+			t.Window = d
 		case "group_by":
 			for _, f := range p.strings(v, label, "threshold.group_by") {
 				if err := checkField(f); err != nil {

@@ -1,0 +1,45 @@
+// Command audit-log-analysis is the real-time detection service of the
+// audit platform: it consumes audit events from RabbitMQ, runs detection
+// rules with shared state in Redis and publishes alerts back to RabbitMQ.
+//
+//	audit-log-analysis [serve]                       run the service
+//	audit-log-analysis replay [--rules F] [FILE...]  run the rules over JSON Lines
+//	audit-log-analysis rules check FILE              validate a rules file
+//	audit-log-analysis rules test DIR                run detection fixtures
+//	audit-log-analysis version                       print the version
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/audit-platform/audit-log-analysis/internal/app"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args, os.Getenv, os.Stdin, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "audit-log-analysis:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
+	return app.Main(ctx, app.Env{
+		Args:    args,
+		Getenv:  getenv,
+		Stdin:   stdin,
+		Stdout:  stdout,
+		Stderr:  stderr,
+		Version: version,
+	})
+}

@@ -1,0 +1,145 @@
+package app
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/audit-platform/audit-log-analysis/internal/event"
+)
+
+// metrics are the service's Prometheus series. The first five keep the
+// Python service's names so its dashboards and alerts keep working; the
+// alert counter no longer has user_id and server_hostname labels, which let
+// anyone who can send events create unbounded series.
+type metrics struct {
+	processed        prometheus.Counter
+	consumed         prometheus.Counter
+	alerts           *prometheus.CounterVec
+	consumerStatus   prometheus.Gauge
+	redisStatus      prometheus.Gauge
+	publisherStatus  prometheus.Gauge
+	rejected         *prometheus.CounterVec
+	duration         prometheus.Histogram
+	batchSize        prometheus.Histogram
+	publishFailures  prometheus.Counter
+	batchRetries     *prometheus.CounterVec
+	suppressed       *prometheus.CounterVec
+	clamped          prometheus.Counter
+	badTimestamps    prometheus.Counter
+	duplicates       prometheus.Counter
+	deadLettered     prometheus.Counter
+	rulesLoaded      prometheus.Gauge
+	rulesReload      *prometheus.CounterVec
+	rulesInfo        *prometheus.GaugeVec
+	buildInfo        *prometheus.GaugeVec
+	lastAlertUnixSec prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	reg.MustRegister(
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	f := promauto.With(reg)
+	m := &metrics{
+		processed: f.NewCounter(prometheus.CounterOpts{
+			Name: "audit_analysis_processed_total",
+			Help: "Audit events decoded and run through the rules.",
+		}),
+		consumed: f.NewCounter(prometheus.CounterOpts{
+			Name: "audit_analysis_rabbitmq_messages_consumed_total",
+			Help: "Messages taken from the event queue and settled (acknowledged or dead-lettered).",
+		}),
+		alerts: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "audit_analysis_alerts_total",
+			Help: "Alerts published and confirmed by the broker, by rule category (alert_type), severity and rule id.",
+		}, []string{"alert_type", "severity", "rule_id"}),
+		consumerStatus: f.NewGauge(prometheus.GaugeOpts{
+			Name: "audit_analysis_rabbitmq_consumer_connection_status",
+			Help: "1 when the consumer's RabbitMQ connection is up, else 0.",
+		}),
+		redisStatus: f.NewGauge(prometheus.GaugeOpts{
+			Name: "audit_analysis_redis_connection_status",
+			Help: "1 when Redis answers, else 0.",
+		}),
+		publisherStatus: f.NewGauge(prometheus.GaugeOpts{
+			Name: "audit_analysis_rabbitmq_publisher_connection_status",
+			Help: "1 when the publisher's RabbitMQ connection is up, else 0.",
+		}),
+		rejected: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "audit_analysis_rejected_messages_total",
+			Help: "Messages that can never be processed, by reason; they are dead-lettered, never requeued.",
+		}, []string{"reason"}),
+		duration: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "audit_analysis_processing_duration_seconds",
+			Help:    "Time to handle one batch: decode, rules, state store, publish with confirms.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		batchSize: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "audit_analysis_batch_size",
+			Help:    "Messages per handled batch.",
+			Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512},
+		}),
+		publishFailures: f.NewCounter(prometheus.CounterOpts{
+			Name: "audit_analysis_alert_publish_failures_total",
+			Help: "Attempts to publish a batch's alerts that the broker did not confirm; the batch is retried.",
+		}),
+		batchRetries: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "audit_analysis_batch_failures_total",
+			Help: "Batches that failed on a dependency and were held for retry, by dependency.",
+		}, []string{"dependency"}),
+		suppressed: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "audit_analysis_suppressed_total",
+			Help: "Rule matches suppressed because their group already alerted for a nearby window, by rule id.",
+		}, []string{"rule_id"}),
+		clamped: f.NewCounter(prometheus.CounterOpts{
+			Name: "audit_analysis_events_clock_skew_clamped_total",
+			Help: "Events timestamped further in the future than MAX_CLOCK_SKEW, counted at arrival time instead.",
+		}),
+		badTimestamps: f.NewCounter(prometheus.CounterOpts{
+			Name: "audit_analysis_events_invalid_timestamp_total",
+			Help: "Events whose timestamp could not be read, counted at arrival time.",
+		}),
+		duplicates: f.NewCounter(prometheus.CounterOpts{
+			Name: "audit_analysis_duplicate_matches_total",
+			Help: "Threshold rule matches for an event id already counted (redeliveries).",
+		}),
+		deadLettered: f.NewCounter(prometheus.CounterOpts{
+			Name: "audit_analysis_dead_lettered_total",
+			Help: "Rejected messages published to the dead-letter queue.",
+		}),
+		rulesLoaded: f.NewGauge(prometheus.GaugeOpts{
+			Name: "audit_analysis_rules_loaded",
+			Help: "Enabled rules in the running rule set.",
+		}),
+		rulesReload: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "audit_analysis_rules_reload_total",
+			Help: "Rule file reloads, by result (success or failure).",
+		}, []string{"result"}),
+		rulesInfo: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "audit_analysis_rules_info",
+			Help: "The running rule set: its source and the SHA-256 of its file.",
+		}, []string{"source", "sha256"}),
+		buildInfo: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "audit_analysis_build_info",
+			Help: "The running version.",
+		}, []string{"version"}),
+		lastAlertUnixSec: f.NewGauge(prometheus.GaugeOpts{
+			Name: "audit_analysis_last_alert_timestamp_seconds",
+			Help: "Unix time of the last alert published.",
+		}),
+	}
+	// Series exist from the start, so rate() and absent() work before the
+	// first failure.
+	for _, r := range event.Reasons {
+		m.rejected.WithLabelValues(string(r))
+	}
+	for _, d := range []string{"state_store", "publish"} {
+		m.batchRetries.WithLabelValues(d)
+	}
+	for _, r := range []string{"success", "failure"} {
+		m.rulesReload.WithLabelValues(r)
+	}
+	return m
+}

@@ -1,0 +1,172 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/google/uuid"
+
+	"github.com/audit-platform/audit-log-analysis/internal/alert"
+	"github.com/audit-platform/audit-log-analysis/internal/broker"
+	"github.com/audit-platform/audit-log-analysis/internal/event"
+	"github.com/audit-platform/audit-log-analysis/internal/rules"
+)
+
+// Publisher sends messages and returns once the broker has confirmed every
+// one of them.
+type Publisher interface {
+	Publish(ctx context.Context, msgs []broker.Message) error
+}
+
+// Engine runs the rules over a batch of events.
+type Engine interface {
+	Process(ctx context.Context, events []*event.Event, now time.Time) (rules.Output, error)
+}
+
+// pipeline handles one batch of deliveries: decode, run the rules, publish
+// the alerts and the dead letters with confirms, then let the consumer
+// acknowledge. Any failure of a dependency fails the whole batch, which the
+// consumer holds and retries: nothing is acknowledged before everything it
+// caused is confirmed.
+type pipeline struct {
+	engine          Engine
+	publisher       Publisher
+	sourceQueue     string
+	alertQueue      string
+	deadLetterQueue string // "" rejects without requeue instead
+	maxBodyBytes    int
+	metrics         *metrics
+	logger          *slog.Logger
+	now             func() time.Time
+	// onStoreResult reports whether the state store answered, so health
+	// follows what the pipeline sees as well as the periodic ping.
+	onStoreResult func(ok bool)
+}
+
+// rejection is a delivery that can never be processed.
+type rejection struct {
+	index  int
+	reason event.Reason
+	err    error
+}
+
+func (p *pipeline) Handle(ctx context.Context, batch []broker.Delivery) ([]broker.Disposition, error) {
+	start := p.now()
+	disps := make([]broker.Disposition, len(batch))
+	events := make([]*event.Event, 0, len(batch))
+	var rejected []rejection
+	for i, d := range batch {
+		ev, err := event.Decode(d.Body, p.maxBodyBytes)
+		if err != nil {
+			var de *event.DecodeError
+			reason := event.ReasonInvalidJSON
+			if errors.As(err, &de) {
+				reason = de.Reason
+			}
+			rejected = append(rejected, rejection{index: i, reason: reason, err: err})
+			continue
+		}
+		events = append(events, ev)
+	}
+
+	out, err := p.engine.Process(ctx, events, start)
+	if err != nil {
+		p.metrics.batchRetries.WithLabelValues("state_store").Inc()
+		if p.onStoreResult != nil {
+			p.onStoreResult(false)
+		}
+		return nil, fmt.Errorf("run rules: %w", err)
+	}
+
+	msgs := make([]broker.Message, 0, len(out.Alerts)+len(rejected))
+	for _, f := range out.Alerts {
+		body, err := alert.Marshal(f.Alert)
+		if err != nil {
+			return nil, err
+		}
+		msgs = append(msgs, broker.Message{
+			Queue:       p.alertQueue,
+			Body:        body,
+			MessageID:   f.Alert.AlertID,
+			ContentType: "application/json",
+			Timestamp:   start,
+		})
+	}
+	for _, r := range rejected {
+		if p.deadLetterQueue == "" {
+			disps[r.index] = broker.Reject
+			continue
+		}
+		d := batch[r.index]
+		headers := map[string]any{
+			"x-rejection-reason": string(r.reason),
+			"x-rejection-error":  alert.Shorten(r.err.Error(), 1024),
+			"x-original-queue":   p.sourceQueue,
+			"x-rejected-at":      start.UTC().Format(time.RFC3339Nano),
+		}
+		id := d.MessageID
+		if id != "" {
+			headers["x-original-message-id"] = id
+		} else {
+			// The publisher recognises returns by id; a body-derived id
+			// keeps a retried dead letter the same message.
+			id = uuid.NewSHA1(event.Namespace, append([]byte("dead-letter\x00"), d.Body...)).String()
+		}
+		msgs = append(msgs, broker.Message{
+			Queue:       p.deadLetterQueue,
+			Body:        d.Body,
+			MessageID:   id,
+			ContentType: d.ContentType,
+			Headers:     headers,
+			Timestamp:   start,
+		})
+	}
+	if len(msgs) > 0 {
+		if err := p.publisher.Publish(ctx, msgs); err != nil {
+			p.metrics.publishFailures.Inc()
+			p.metrics.batchRetries.WithLabelValues("publish").Inc()
+			return nil, fmt.Errorf("publish %d messages: %w", len(msgs), err)
+		}
+	}
+	if p.onStoreResult != nil && len(events) > 0 {
+		p.onStoreResult(true)
+	}
+
+	// Counted only once the batch is through, so a retried batch is
+	// counted once.
+	p.metrics.consumed.Add(float64(len(batch)))
+	p.metrics.processed.Add(float64(len(events)))
+	p.metrics.batchSize.Observe(float64(len(batch)))
+	p.metrics.clamped.Add(float64(out.Clamped))
+	p.metrics.badTimestamps.Add(float64(out.InvalidTimestamps))
+	p.metrics.duplicates.Add(float64(out.Duplicates))
+	for id, n := range out.Suppressed {
+		p.metrics.suppressed.WithLabelValues(id).Add(float64(n))
+	}
+	for _, f := range out.Alerts {
+		a := f.Alert
+		p.metrics.alerts.WithLabelValues(f.Rule.Category, a.Severity, a.AnalysisRule.RuleID).Inc()
+		p.logger.Info("alert published",
+			"alert_id", a.AlertID, "rule_id", a.AnalysisRule.RuleID, "severity", a.Severity,
+			"actor_id", a.TriggeredBy.ActorID, "server_hostname", a.ImpactedResource.ServerHostname,
+			"correlation_id", a.CorrelationID)
+	}
+	if len(out.Alerts) > 0 {
+		p.metrics.lastAlertUnixSec.Set(float64(p.now().Unix()))
+	}
+	for _, r := range rejected {
+		d := batch[r.index]
+		p.metrics.rejected.WithLabelValues(string(r.reason)).Inc()
+		if p.deadLetterQueue != "" {
+			p.metrics.deadLettered.Inc()
+		}
+		p.logger.Warn("message rejected",
+			"reason", string(r.reason), "error", alert.Shorten(r.err.Error(), 256),
+			"message_id", d.MessageID, "bytes", len(d.Body), "dead_letter_queue", p.deadLetterQueue)
+	}
+	p.metrics.duration.Observe(p.now().Sub(start).Seconds())
+	return disps, nil
+}

@@ -1,0 +1,307 @@
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/audit-platform/audit-log-analysis/internal/broker"
+	"github.com/audit-platform/audit-log-analysis/internal/config"
+	"github.com/audit-platform/audit-log-analysis/internal/event"
+	"github.com/audit-platform/audit-log-analysis/internal/httpapi"
+	"github.com/audit-platform/audit-log-analysis/internal/rules"
+	"github.com/audit-platform/audit-log-analysis/internal/state"
+)
+
+// Serve runs the service until ctx is cancelled, then stops it in order:
+// consuming first (the batch in flight is finished and acknowledged), then
+// publishing, the HTTP servers and Redis.
+func Serve(ctx context.Context, env Env) error {
+	cfg, err := loadConfig(env.Getenv)
+	if err != nil {
+		return err
+	}
+	logger := newLogger(cfg, env.Stdout)
+	logger.Info("starting", "version", env.Version, "config", cfg)
+
+	set, err := loadRules(cfg, cfg.RulesFile, logger)
+	if err != nil {
+		return fmt.Errorf("load rules: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg)
+	m.buildInfo.WithLabelValues(env.Version).Set(1)
+
+	// Listen before anything else, so a port in use fails the start at
+	// once instead of after the broker connections are up.
+	appLn, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.AppPort))
+	if err != nil {
+		return fmt.Errorf("listen on APP_PORT %d: %w", cfg.AppPort, err)
+	}
+	promLn, err := net.Listen("tcp", ":"+strconv.Itoa(cfg.PrometheusPort))
+	if err != nil {
+		appLn.Close()
+		return fmt.Errorf("listen on PROMETHEUS_PORT %d: %w", cfg.PrometheusPort, err)
+	}
+
+	rdb := redis.NewClient(redisOptions(cfg.Redis))
+	defer rdb.Close()
+
+	h := &health{}
+	store := state.NewRedis(rdb, cfg.RedisKeyPrefix)
+	engine := rules.NewEngine(store, set, rules.Options{
+		Environment:  cfg.Environment,
+		MaxClockSkew: cfg.MaxClockSkew,
+	})
+	reloader := &reloader{engine: engine, cfg: cfg, metrics: m, logger: logger.With("component", "rules")}
+	reloader.publish(set)
+
+	queues := []string{cfg.RabbitMQAlertQueue}
+	if cfg.RabbitMQDeadLetterQueue != "" {
+		queues = append(queues, cfg.RabbitMQDeadLetterQueue)
+	}
+	publisher, err := broker.NewPublisher(broker.PublisherConfig{
+		URL:    cfg.RabbitMQURL,
+		Logger: logger.With("component", "publisher"),
+		Queues: queues,
+		OnConnection: func(up bool) {
+			h.publisher.Store(up)
+			m.publisherStatus.Set(b2f(up))
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("publisher: %w", err)
+	}
+	consumer, err := broker.NewConsumer(broker.ConsumerConfig{
+		URL:      cfg.RabbitMQURL,
+		Queue:    cfg.RabbitMQQueue,
+		Prefetch: cfg.RabbitMQPrefetch,
+		Logger:   logger.With("component", "consumer"),
+		OnConnection: func(up bool) {
+			h.consumer.Store(up)
+			m.consumerStatus.Set(b2f(up))
+		},
+		// The batch in flight must finish inside the shutdown budget.
+		ShutdownGrace: cfg.ShutdownTimeout / 2,
+	})
+	if err != nil {
+		return fmt.Errorf("consumer: %w", err)
+	}
+	h.consumerAlive = consumer.Alive
+	redisWatch := &redisWatch{client: rdb, health: h, metrics: m, logger: logger.With("component", "redis")}
+
+	handler := &pipeline{
+		engine:          engine,
+		publisher:       publisher,
+		sourceQueue:     cfg.RabbitMQQueue,
+		alertQueue:      cfg.RabbitMQAlertQueue,
+		deadLetterQueue: cfg.RabbitMQDeadLetterQueue,
+		maxBodyBytes:    event.MaxBodyBytes,
+		metrics:         m,
+		logger:          logger.With("component", "pipeline"),
+		now:             time.Now,
+		onStoreResult:   redisWatch.observe,
+	}
+
+	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
+	appSrv := httpapi.NewServer(appLn.Addr().String(), httpapi.NewAppHandler(h, metricsHandler))
+	promSrv := httpapi.NewServer(promLn.Addr().String(), httpapi.NewMetricsHandler(metricsHandler))
+
+	// Background parts stop when their context ends; the publisher gets
+	// its own, cancelled only after the consumer has settled its last
+	// batch, which may still need to publish.
+	var wg sync.WaitGroup
+	bgCtx, stopBackground := context.WithCancel(context.Background())
+	pubCtx, stopPublisher := context.WithCancel(context.Background())
+	defer stopBackground()
+	defer stopPublisher()
+	serveErr := make(chan error, 2)
+	for _, s := range []struct {
+		srv *http.Server
+		ln  net.Listener
+	}{{appSrv, appLn}, {promSrv, promLn}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.srv.Serve(s.ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				serveErr <- fmt.Errorf("http server %s: %w", s.ln.Addr(), err)
+			}
+		}()
+	}
+	wg.Add(3)
+	go func() { defer wg.Done(); redisWatch.run(bgCtx) }()
+	go func() { defer wg.Done(); reloader.run(bgCtx) }()
+	go func() { defer wg.Done(); _ = publisher.Run(pubCtx) }()
+	logger.Info("listening", "app_addr", appLn.Addr().String(), "metrics_addr", promLn.Addr().String(),
+		"queue", cfg.RabbitMQQueue, "alert_queue", cfg.RabbitMQAlertQueue, "dead_letter_queue", cfg.RabbitMQDeadLetterQueue,
+		"rules", set.Source, "rules_enabled", set.Enabled())
+
+	consumeCtx, stopConsuming := context.WithCancel(ctx)
+	defer stopConsuming()
+	consumerDone := make(chan error, 1)
+	go func() { consumerDone <- consumer.Run(consumeCtx, handler) }()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		logger.Info("shutting down", "cause", context.Cause(ctx))
+	case err := <-serveErr:
+		runErr = err
+	case err := <-consumerDone:
+		consumerDone <- err
+		runErr = fmt.Errorf("consumer stopped: %w", err)
+	}
+	deadline := time.Now().Add(cfg.ShutdownTimeout)
+	stopConsuming()
+	select {
+	case err := <-consumerDone:
+		if err != nil && runErr == nil {
+			runErr = fmt.Errorf("consumer: %w", err)
+		}
+	case <-time.After(time.Until(deadline)):
+		logger.Warn("consumer did not stop in time; unacknowledged messages return to the queue")
+	}
+	stopPublisher()
+	stopBackground()
+	shutdownCtx, cancel := context.WithDeadline(context.Background(), deadline.Add(time.Second))
+	defer cancel()
+	_ = appSrv.Shutdown(shutdownCtx)
+	_ = promSrv.Shutdown(shutdownCtx)
+	waitTimeout(&wg, time.Until(deadline.Add(time.Second)))
+	logger.Info("stopped")
+	return runErr
+}
+
+func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
+}
+
+func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
+	if cfg.LogFormat == "text" {
+		return slog.New(slog.NewTextHandler(w, opts))
+	}
+	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+func redisOptions(c config.Redis) *redis.Options {
+	o := &redis.Options{
+		Addr:                  c.Addr,
+		Username:              c.Username,
+		Password:              c.Password,
+		DB:                    c.DB,
+		DialTimeout:           2 * time.Second,
+		ReadTimeout:           2 * time.Second,
+		WriteTimeout:          2 * time.Second,
+		ContextTimeoutEnabled: true,
+		// Every write the service makes is idempotent (scripts keyed by
+		// event id), so a retried command cannot double count.
+		MaxRetries:      2,
+		MinRetryBackoff: 50 * time.Millisecond,
+		MaxRetryBackoff: 500 * time.Millisecond,
+		PoolSize:        8,
+	}
+	if c.TLS {
+		host, _, _ := net.SplitHostPort(c.Addr)
+		o.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	}
+	return o
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// health is what /healthz reports: each part reports into it.
+type health struct {
+	consumer      atomic.Bool
+	publisher     atomic.Bool
+	redis         atomic.Bool
+	consumerAlive func() bool
+}
+
+// Status implements httpapi.Checker.
+func (h *health) Status() httpapi.Status {
+	alive := h.consumerAlive != nil && h.consumerAlive()
+	return httpapi.Status{
+		RabbitMQConnected: h.consumer.Load() && h.publisher.Load(),
+		RedisConnected:    h.redis.Load(),
+		ConsumerAlive:     alive,
+	}
+}
+
+// redisWatch pings Redis every second, so health turns within about two
+// seconds of Redis going away, even when no event needs it.
+type redisWatch struct {
+	client  *redis.Client
+	health  *health
+	metrics *metrics
+	logger  *slog.Logger
+	mu      sync.Mutex
+	known   bool
+}
+
+func (w *redisWatch) run(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		pctx, cancel := context.WithTimeout(ctx, time.Second)
+		err := w.client.Ping(pctx).Err()
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		w.set(err == nil, err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// observe takes what the pipeline saw; only a failure is believed at once,
+// a success waits for the next ping.
+func (w *redisWatch) observe(ok bool) {
+	if !ok {
+		w.set(false, errors.New("state store request failed"))
+	}
+}
+
+func (w *redisWatch) set(up bool, err error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	prev := w.health.redis.Swap(up)
+	w.metrics.redisStatus.Set(b2f(up))
+	if w.known && prev == up {
+		return
+	}
+	w.known = true
+	if up {
+		w.logger.Info("redis connected", "addr", w.client.Options().Addr)
+	} else {
+		w.logger.Warn("redis disconnected", "addr", w.client.Options().Addr, "error", err)
+	}
+}

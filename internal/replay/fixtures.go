@@ -1,0 +1,216 @@
+package replay
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/audit-platform/audit-log-analysis/internal/alert"
+	"github.com/audit-platform/audit-log-analysis/internal/rules"
+	rulefiles "github.com/audit-platform/audit-log-analysis/rules"
+)
+
+// Fixture is one detection test case: events in, alerts expected out. It is
+// a YAML file:
+//
+//	name: four failures within a minute alert once
+//	rules: ../../default.yaml   # relative to this file; default: the built-in rules
+//	events:                     # inline objects, one per event ...
+//	  - {event_id: e1, timestamp: "2026-11-01T10:00:00Z", event_type: user_login, ...}
+//	events_file: burst.jsonl    # ... and/or a JSON Lines file next to it
+//	expect:                     # every alert, in order; [] for none
+//	  - rule: ANLY-SEC-001
+//	    group: {user_id: bob, server_hostname: web-01}
+//	    count: 3
+//	    suppressed: 0
+//	    resource: /etc/shadow
+//	    correlation_id: ...
+type Fixture struct {
+	Name       string           `yaml:"name"`
+	Rules      string           `yaml:"rules"`
+	Events     []map[string]any `yaml:"events"`
+	EventsFile string           `yaml:"events_file"`
+	Expect     []Expectation    `yaml:"expect"`
+}
+
+// Expectation describes one expected alert; fields left out are not checked.
+type Expectation struct {
+	Rule          string            `yaml:"rule"`
+	Group         map[string]string `yaml:"group"`
+	Count         *int              `yaml:"count"`
+	Suppressed    *int              `yaml:"suppressed"`
+	Resource      *string           `yaml:"resource"`
+	CorrelationID *string           `yaml:"correlation_id"`
+}
+
+// RunFixtures runs every *.yaml fixture under dir and reports to w. It
+// returns an error when any case fails or cannot be read.
+func RunFixtures(ctx context.Context, dir string, w io.Writer) error {
+	var files []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && (strings.HasSuffix(p, ".yaml") || strings.HasSuffix(p, ".yml")) {
+			files = append(files, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("rules test: %w", err)
+	}
+	if len(files) == 0 {
+		return fmt.Errorf("rules test: no *.yaml fixtures under %s", dir)
+	}
+	failed := 0
+	for _, f := range files {
+		name, problems := runFixture(ctx, f)
+		if len(problems) == 0 {
+			fmt.Fprintf(w, "ok   %s: %s\n", f, name)
+			continue
+		}
+		failed++
+		fmt.Fprintf(w, "FAIL %s: %s\n", f, name)
+		for _, p := range problems {
+			fmt.Fprintf(w, "     %s\n", p)
+		}
+	}
+	fmt.Fprintf(w, "%d passed, %d failed\n", len(files)-failed, failed)
+	if failed > 0 {
+		return fmt.Errorf("rules test: %d of %d fixtures failed", failed, len(files))
+	}
+	return nil
+}
+
+// runFixture returns the case's name and what went wrong, if anything.
+func runFixture(ctx context.Context, file string) (string, []string) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return file, []string{err.Error()}
+	}
+	var fx Fixture
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&fx); err != nil {
+		return file, []string{"bad fixture: " + err.Error()}
+	}
+	if fx.Name == "" {
+		fx.Name = filepath.Base(file)
+	}
+	set, err := fixtureRules(file, fx.Rules)
+	if err != nil {
+		return fx.Name, []string{err.Error()}
+	}
+	var input bytes.Buffer
+	for i, ev := range fx.Events {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return fx.Name, []string{fmt.Sprintf("event %d: %v", i+1, err)}
+		}
+		input.Write(b)
+		input.WriteByte('\n')
+	}
+	if fx.EventsFile != "" {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(file), fx.EventsFile))
+		if err != nil {
+			return fx.Name, []string{err.Error()}
+		}
+		input.Write(b)
+		input.WriteByte('\n')
+	}
+	var out bytes.Buffer
+	if _, err := Run(ctx, []Input{{Name: file, Reader: &input}}, &out, Options{Rules: set, Environment: "TEST"}); err != nil {
+		return fx.Name, []string{err.Error()}
+	}
+	var got []alert.Alert
+	for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
+		if len(line) == 0 {
+			continue
+		}
+		var a alert.Alert
+		if err := json.Unmarshal(line, &a); err != nil {
+			return fx.Name, []string{"read alert: " + err.Error()}
+		}
+		got = append(got, a)
+	}
+	return fx.Name, compare(fx.Expect, got)
+}
+
+func fixtureRules(file, rel string) (*rules.Set, error) {
+	if rel == "" {
+		return rules.Parse(rulefiles.DefaultName, rulefiles.Default)
+	}
+	return rules.LoadFile(filepath.Join(filepath.Dir(file), rel))
+}
+
+func compare(want []Expectation, got []alert.Alert) []string {
+	var problems []string
+	for i := 0; i < max(len(want), len(got)); i++ {
+		switch {
+		case i >= len(got):
+			problems = append(problems, fmt.Sprintf("alert %d: want %s, got no alert", i+1, describe(want[i])))
+			continue
+		case i >= len(want):
+			problems = append(problems, fmt.Sprintf("alert %d: unexpected %s %v (count %s)", i+1, got[i].AnalysisRule.RuleID, got[i].Group, windowCount(got[i])))
+			continue
+		}
+		w, g := want[i], got[i]
+		var diffs []string
+		if w.Rule != g.AnalysisRule.RuleID {
+			diffs = append(diffs, fmt.Sprintf("rule %s, want %s", g.AnalysisRule.RuleID, w.Rule))
+		}
+		if w.Group != nil && !maps.Equal(w.Group, g.Group) {
+			diffs = append(diffs, fmt.Sprintf("group %v, want %v", g.Group, w.Group))
+		}
+		if w.Count != nil && (g.Window == nil || g.Window.Count != *w.Count) {
+			diffs = append(diffs, fmt.Sprintf("count %s, want %d", windowCount(g), *w.Count))
+		}
+		if w.Suppressed != nil && (g.SuppressedSince == nil || *g.SuppressedSince != *w.Suppressed) {
+			got := "none"
+			if g.SuppressedSince != nil {
+				got = fmt.Sprint(*g.SuppressedSince)
+			}
+			diffs = append(diffs, fmt.Sprintf("suppressed %s, want %d", got, *w.Suppressed))
+		}
+		if w.Resource != nil && g.ImpactedResource.ResourceID != *w.Resource {
+			diffs = append(diffs, fmt.Sprintf("resource %q, want %q", g.ImpactedResource.ResourceID, *w.Resource))
+		}
+		if w.CorrelationID != nil && g.CorrelationID != *w.CorrelationID {
+			diffs = append(diffs, fmt.Sprintf("correlation_id %s, want %s", g.CorrelationID, *w.CorrelationID))
+		}
+		if len(diffs) > 0 {
+			problems = append(problems, fmt.Sprintf("alert %d: %s", i+1, strings.Join(diffs, "; ")))
+		}
+	}
+	return problems
+}
+
+func describe(e Expectation) string {
+	s := e.Rule
+	if e.Group != nil {
+		keys := slices.Sorted(maps.Keys(e.Group))
+		parts := make([]string, len(keys))
+		for i, k := range keys {
+			parts[i] = k + "=" + e.Group[k]
+		}
+		s += " {" + strings.Join(parts, ", ") + "}"
+	}
+	return s
+}
+
+func windowCount(a alert.Alert) string {
+	if a.Window == nil {
+		return "none"
+	}
+	return fmt.Sprint(a.Window.Count)
+}
