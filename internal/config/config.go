@@ -96,7 +96,7 @@ const (
 	defaultLogFormat       = "json"
 )
 
-// DefaultSensitiveFiles are watched when SENSITIVE_FILES is unset.
+// defaultSensitiveFiles are watched when SENSITIVE_FILES is unset.
 var defaultSensitiveFiles = []string{
 	"/etc/sudoers",
 	"/root/.ssh/authorized_keys",
@@ -179,12 +179,12 @@ func (c Config) LogValue() slog.Value {
 		slog.Int("app_port", c.AppPort),
 		slog.Int("prometheus_port", c.PrometheusPort),
 		slog.String("environment", c.Environment),
-		slog.Duration("failed_login_window", c.FailedLoginWindow),
+		slog.String("failed_login_window", c.FailedLoginWindow.String()),
 		slog.Int("failed_login_threshold", c.FailedLoginThreshold),
 		slog.Any("sensitive_files", c.SensitiveFiles),
 		slog.String("rules_file", c.RulesFile),
-		slog.Duration("max_clock_skew", c.MaxClockSkew),
-		slog.Duration("shutdown_timeout", c.ShutdownTimeout),
+		slog.String("max_clock_skew", c.MaxClockSkew.String()),
+		slog.String("shutdown_timeout", c.ShutdownTimeout.String()),
 		slog.String("log_level", c.LogLevel.String()),
 		slog.String("log_format", c.LogFormat),
 	)
@@ -469,8 +469,8 @@ func (l *loader) redis() Redis {
 	default:
 		l.fail(name, "scheme %q is not redis or rediss", u.Scheme)
 	}
-	if p := u.Port(); p != "" {
-		port, _ = strconv.Atoi(p) // parseURL checked it
+	if p, err := strconv.Atoi(u.Port()); err == nil {
+		port = p
 	}
 	r.Addr = net.JoinHostPort(u.Hostname(), strconv.Itoa(port))
 	if u.User != nil {
@@ -495,8 +495,10 @@ func (l *loader) redis() Redis {
 	return r
 }
 
-// parseURL parses a URL that may hold a password. Its errors never quote
-// the URL or url.Parse's message, both of which can contain the password.
+// parseURL parses a URL that may hold a password and checks its host and
+// port; it returns false only when there is no URL to look further into.
+// Its errors never quote the URL or url.Parse's message, both of which can
+// contain the password.
 func (l *loader) parseURL(name, raw, want string) (*url.URL, bool) {
 	u, err := url.Parse(raw)
 	if err != nil || u.Opaque != "" || strings.ContainsFunc(raw, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
@@ -509,16 +511,13 @@ func (l *loader) parseURL(name, raw, want string) (*url.URL, bool) {
 		l.fail(name, "malformed URL: percent-encode reserved characters such as / ? # @ in the user name and password")
 		return nil, false
 	}
-	ok := true
 	if u.Hostname() == "" {
 		l.fail(name, "the URL has no host")
-		ok = false
 	}
 	if p := u.Port(); p != "" {
 		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > math.MaxUint16 {
 			l.fail(name, "the URL's port is not 1-65535")
-			ok = false
 		}
 	}
-	return u, ok
+	return u, true
 }
