@@ -58,6 +58,10 @@ func Serve(ctx context.Context, env Env) error {
 		return fmt.Errorf("listen on PROMETHEUS_PORT %d: %w", cfg.PrometheusPort, err)
 	}
 
+	// go-redis logs dial failures on its own, to stderr; route them to
+	// the service's log at Debug: health and the redis watcher already
+	// report the state change once.
+	redis.SetLogger(redisLogger{logger.With("component", "redis")})
 	rdb := redis.NewClient(redisOptions(cfg.Redis))
 	defer rdb.Close()
 
@@ -76,7 +80,7 @@ func Serve(ctx context.Context, env Env) error {
 	}
 	publisher, err := broker.NewPublisher(broker.PublisherConfig{
 		URL:    cfg.RabbitMQURL,
-		Logger: logger.With("component", "publisher"),
+		Logger: logger,
 		Queues: queues,
 		OnConnection: func(up bool) {
 			h.publisher.Store(up)
@@ -90,7 +94,7 @@ func Serve(ctx context.Context, env Env) error {
 		URL:      cfg.RabbitMQURL,
 		Queue:    cfg.RabbitMQQueue,
 		Prefetch: cfg.RabbitMQPrefetch,
-		Logger:   logger.With("component", "consumer"),
+		Logger:   logger,
 		OnConnection: func(up bool) {
 			h.consumer.Store(up)
 			m.consumerStatus.Set(b2f(up))
@@ -304,4 +308,11 @@ func (w *redisWatch) set(up bool, err error) {
 	} else {
 		w.logger.Warn("redis disconnected", "addr", w.client.Options().Addr, "error", err)
 	}
+}
+
+// redisLogger adapts slog to go-redis's logger.
+type redisLogger struct{ l *slog.Logger }
+
+func (r redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	r.l.DebugContext(ctx, fmt.Sprintf(format, v...))
 }

@@ -1,0 +1,595 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/audit-platform/audit-log-analysis/internal/testenv"
+)
+
+// service is one instance of the whole program, run in-process through
+// Main on free ports against real RabbitMQ and Redis.
+type service struct {
+	t          *testing.T
+	env        map[string]string
+	appURL     string
+	promURL    string
+	queue      string
+	alertQueue string
+	deadQueue  string
+	prefix     string
+	cancel     context.CancelFunc
+	done       chan error
+	logs       *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// serviceEnv returns the Python service's variables pointed at the test's
+// servers, with queue names and a key prefix of the test's own.
+func serviceEnv(t *testing.T, redisAddr string) map[string]string {
+	t.Helper()
+	amqpURL := testenv.RabbitMQURL(t)
+	u, err := amqp.ParseURI(amqpURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := strings.Cut(redisAddr, ":")
+	queue := testenv.Name(t, "events")
+	return map[string]string{
+		"RABBITMQ_HOST":        u.Host,
+		"RABBITMQ_PORT":        strconv.Itoa(u.Port),
+		"RABBITMQ_USER":        u.Username,
+		"RABBITMQ_PASS":        u.Password,
+		"RABBITMQ_QUEUE":       queue,
+		"RABBITMQ_ALERT_QUEUE": testenv.Name(t, "alerts"),
+		"REDIS_HOST":           host,
+		"REDIS_PORT":           port,
+		"REDIS_KEY_PREFIX":     testenv.Name(t, "test") + ":",
+		"APP_PORT":             strconv.Itoa(testenv.FreePort(t)),
+		"PROMETHEUS_PORT":      strconv.Itoa(testenv.FreePort(t)),
+		"ENVIRONMENT":          "TEST",
+		"LOG_LEVEL":            "debug",
+	}
+}
+
+// startService runs Main("serve") until the test ends, and cleans up its
+// queues and keys afterwards.
+func startService(t *testing.T, env map[string]string) *service {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &service{
+		t: t, env: env, cancel: cancel, done: make(chan error, 1), logs: &syncBuffer{},
+		appURL:     "http://127.0.0.1:" + env["APP_PORT"],
+		promURL:    "http://127.0.0.1:" + env["PROMETHEUS_PORT"],
+		queue:      env["RABBITMQ_QUEUE"],
+		alertQueue: env["RABBITMQ_ALERT_QUEUE"],
+		deadQueue:  env["RABBITMQ_QUEUE"] + ".dead-letter",
+		prefix:     env["REDIS_KEY_PREFIX"],
+	}
+	getenv := func(k string) string { return env[k] }
+	go func() {
+		s.done <- Main(ctx, Env{Args: []string{"audit-log-analysis"}, Getenv: getenv, Stdin: strings.NewReader(""), Stdout: s.logs, Stderr: s.logs, Version: "test"})
+	}()
+	t.Cleanup(func() {
+		s.stop()
+		if t.Failed() {
+			t.Logf("service logs:\n%s", s.logs.String())
+		}
+		deleteQueues(t, s.queue, s.alertQueue, s.deadQueue)
+	})
+	s.waitHealthy(20 * time.Second)
+	return s
+}
+
+// stop cancels the service and waits for Main to return.
+func (s *service) stop() error {
+	s.cancel()
+	select {
+	case err, ok := <-s.done:
+		if ok {
+			close(s.done)
+		}
+		return err
+	case <-time.After(15 * time.Second):
+		s.t.Errorf("service did not stop within 15s")
+		return nil
+	}
+}
+
+func (s *service) health() (int, map[string]any) {
+	s.t.Helper()
+	resp, err := http.Get(s.appURL + "/healthz")
+	if err != nil {
+		return 0, nil
+	}
+	defer resp.Body.Close()
+	var body map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return resp.StatusCode, body
+}
+
+func (s *service) waitHealthy(d time.Duration) {
+	s.t.Helper()
+	s.waitStatus(http.StatusOK, d)
+}
+
+func (s *service) waitStatus(code int, d time.Duration) time.Duration {
+	s.t.Helper()
+	start := time.Now()
+	for time.Since(start) < d {
+		if got, _ := s.health(); got == code {
+			return time.Since(start)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	got, body := s.health()
+	s.t.Fatalf("/healthz = %d %v after %s, want %d", got, body, d, code)
+	return 0
+}
+
+// metric returns the value of one series from /metrics at base, or -1.
+func metric(t *testing.T, base, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(base + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape %s: %v", base, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, series+" ") {
+			v, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, series)), 64)
+			if err != nil {
+				t.Fatalf("parse %q: %v", line, err)
+			}
+			return v
+		}
+	}
+	return -1
+}
+
+// publish sends raw bodies to a queue with confirms.
+func publish(t *testing.T, queue string, bodies ...[]byte) {
+	t.Helper()
+	conn, err := amqp.Dial(testenv.RabbitMQURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Confirm(false); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, b := range bodies {
+		dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", queue, true, false, amqp.Publishing{
+			ContentType: "application/json", DeliveryMode: amqp.Persistent, Body: b,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := dc.WaitContext(ctx); !ok || err != nil {
+			t.Fatalf("publish not confirmed: %v", err)
+		}
+	}
+}
+
+// collect reads messages from a queue until want have arrived or the
+// queue stays quiet for quiet after that; it fails past timeout.
+func collect(t *testing.T, queue string, want int, quiet, timeout time.Duration) []amqp.Delivery {
+	t.Helper()
+	conn, err := amqp.Dial(testenv.RabbitMQURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	deliveries, err := ch.Consume(queue, "", true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []amqp.Delivery
+	deadline := time.After(timeout)
+	for {
+		wait := timeout
+		if len(got) >= want {
+			wait = quiet
+		}
+		select {
+		case d := <-deliveries:
+			got = append(got, d)
+		case <-time.After(wait):
+			if len(got) < want {
+				t.Fatalf("queue %s: %d messages, want %d", queue, len(got), want)
+			}
+			return got
+		case <-deadline:
+			t.Fatalf("queue %s: %d messages after %s, want %d", queue, len(got), timeout, want)
+		}
+	}
+}
+
+func queueDepth(t *testing.T, queue string) int {
+	t.Helper()
+	conn, err := amqp.Dial(testenv.RabbitMQURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q.Messages
+}
+
+func deleteQueues(t *testing.T, queues ...string) {
+	conn, err := amqp.Dial(testenv.RabbitMQURL(t))
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	for _, q := range queues {
+		ch, err := conn.Channel()
+		if err != nil {
+			return
+		}
+		_, _ = ch.QueueDelete(q, false, false, false)
+		ch.Close()
+	}
+}
+
+func deleteKeys(t *testing.T, addr, prefix string) {
+	rdb := redis.NewClient(&redis.Options{Addr: addr})
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	iter := rdb.Scan(ctx, 0, prefix+"*", 500).Iterator()
+	for iter.Next(ctx) {
+		rdb.Del(ctx, iter.Val())
+	}
+}
+
+// ev builds a generator-shaped event.
+func ev(id, ts, typ, result, user, host string, details map[string]any) []byte {
+	m := map[string]any{
+		"event_id": id, "timestamp": ts, "source_service": "audit-event-generator",
+		"server_hostname": host, "event_type": typ, "severity": "WARNING", "user_id": user,
+		"action_result": result,
+	}
+	if details != nil {
+		m["details"] = details
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+func uuidFor(n int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", n) }
+
+func decodeAlerts(t *testing.T, ds []amqp.Delivery) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	for _, d := range ds {
+		var a map[string]any
+		if err := json.Unmarshal(d.Body, &a); err != nil {
+			t.Fatalf("alert is not JSON: %v: %s", err, d.Body)
+		}
+		if d.MessageId != a["alert_id"] || d.ContentType != "application/json" || d.DeliveryMode != amqp.Persistent {
+			t.Errorf("alert message properties: id %q content type %q mode %d", d.MessageId, d.ContentType, d.DeliveryMode)
+		}
+		out = append(out, a)
+	}
+	return out
+}
+
+func TestServiceDetectsBurstsAndSensitiveFilesEndToEnd(t *testing.T) {
+	t.Parallel()
+	redisAddr := testenv.RedisAddr(t)
+	env := serviceEnv(t, redisAddr)
+	s := startService(t, env)
+	t.Cleanup(func() { deleteKeys(t, redisAddr, s.prefix) })
+
+	base := time.Now().UTC().Add(-10 * time.Minute).Truncate(time.Second)
+	ts := func(sec float64) string {
+		return base.Add(time.Duration(sec * float64(time.Second))).Format("2006-01-02T15:04:05.000000Z")
+	}
+	ip := map[string]any{"reason": "Incorrect password", "ip_address": "192.168.1.150", "protocol": "ssh"}
+	publish(t, s.queue,
+		// Three failures for bob on web-01 within 60 s: one alert.
+		ev(uuidFor(1), ts(0), "user_login", "FAILURE", "attacker_bob", "prod-web-01", ip),
+		ev(uuidFor(2), ts(10), "user_login", "FAILURE", "attacker_bob", "prod-web-01", ip),
+		ev(uuidFor(3), ts(20), "user_login", "FAILURE", "attacker_bob", "prod-web-01", ip),
+		// Two failures for carol: none.
+		ev(uuidFor(4), ts(0), "user_login", "FAILURE", "carol", "prod-web-01", nil),
+		ev(uuidFor(5), ts(5), "user_login", "FAILURE", "carol", "prod-web-01", nil),
+		// A sensitive file through a path with a double slash, and a decoy.
+		ev(uuidFor(6), ts(30), "file_modified", "MODIFIED", "eve", "db-01", map[string]any{"resource": "/etc//shadow"}),
+		ev(uuidFor(7), ts(31), "file_modified", "MODIFIED", "eve", "db-01", map[string]any{"resource": "/etc/passwd.bak"}),
+	)
+	alerts := decodeAlerts(t, collect(t, s.alertQueue, 2, 2*time.Second, 30*time.Second))
+	if len(alerts) != 2 {
+		t.Fatalf("got %d alerts, want 2: %v", len(alerts), alerts)
+	}
+	byRule := map[string]map[string]any{}
+	for _, a := range alerts {
+		byRule[a["analysis_rule"].(map[string]any)["rule_id"].(string)] = a
+	}
+	burst, file := byRule["ANLY-SEC-001"], byRule["ANLY-SEC-002"]
+	if burst == nil || file == nil {
+		t.Fatalf("alerts by rule = %v, want ANLY-SEC-001 and ANLY-SEC-002", byRule)
+	}
+	checkFields(t, burst, map[string]any{
+		"alert_name": "Multiple Failed Login Attempts", "alert_type": "SECURITY", "severity": "CRITICAL",
+		"description":                       "3 or more failed login attempts for user 'attacker_bob' on 'prod-web-01' within 60 seconds.",
+		"source_service_name":               "audit-event-generator",
+		"action_observed":                   "LOGIN_FAILURE",
+		"correlation_id":                    uuidFor(3),
+		"analysis_rule.rule_name":           "Failed Login Burst Detection",
+		"analysis_rule.rule_description":    "Detects 3 failed logins within 60 seconds.",
+		"triggered_by.actor_type":           "USER",
+		"triggered_by.actor_id":             "attacker_bob",
+		"triggered_by.client_ip":            "192.168.1.150",
+		"impacted_resource.resource_type":   "SERVER",
+		"impacted_resource.resource_id":     "prod-web-01",
+		"impacted_resource.server_hostname": "prod-web-01",
+		"metadata.environment":              "TEST",
+		"metadata.playbook_url":             "https://example.com/playbooks/failed_login_burst",
+		"window.count":                      float64(3),
+		"window.threshold":                  float64(3),
+		"raw_event_data.event_id":           uuidFor(3),
+	})
+	checkFields(t, file, map[string]any{
+		"alert_name":                        "Sensitive File Modification Detected",
+		"action_observed":                   "FILE_MODIFIED",
+		"impacted_resource.resource_type":   "FILE",
+		"impacted_resource.resource_id":     "/etc//shadow",
+		"impacted_resource.server_hostname": "db-01",
+		"triggered_by.client_ip":            nil,
+		"correlation_id":                    uuidFor(6),
+	})
+	if ts, _ := burst["timestamp"].(string); !strings.HasSuffix(ts, "Z") || strings.Contains(ts, "+00:00") {
+		t.Errorf("timestamp %q is not RFC 3339 UTC with Z", ts)
+	}
+
+	// Bad input is dead-lettered with its reason; the service stays
+	// healthy and goes on processing.
+	publish(t, s.queue, []byte("not json"), []byte(`[{"event_type":"user_login"}]`), []byte("{\"user_id\": \"\xff\"}"))
+	dead := collect(t, s.deadQueue, 3, time.Second, 30*time.Second)
+	reasons := map[string]bool{}
+	for _, d := range dead {
+		reasons[fmt.Sprint(d.Headers["x-rejection-reason"])] = true
+	}
+	for _, r := range []string{"invalid_json", "not_object", "invalid_utf8"} {
+		if !reasons[r] {
+			t.Errorf("dead letters %v lack reason %s", reasons, r)
+		}
+	}
+	publish(t, s.queue, ev(uuidFor(8), ts(40), "file_modified", "MODIFIED", "eve", "db-01", map[string]any{"resource": "/etc/ssh/../shadow"}))
+	more := decodeAlerts(t, collect(t, s.alertQueue, 1, time.Second, 30*time.Second))
+	if len(more) != 1 || more[0]["correlation_id"] != uuidFor(8) {
+		t.Fatalf("after bad input got %v, want one alert for event 8", more)
+	}
+	if code, _ := s.health(); code != http.StatusOK {
+		t.Errorf("/healthz = %d after bad input, want 200", code)
+	}
+	if n := queueDepth(t, s.queue); n != 0 {
+		t.Errorf("event queue holds %d messages, want 0 (nothing requeued)", n)
+	}
+
+	for _, base := range []string{s.appURL, s.promURL} {
+		for series, want := range map[string]float64{
+			"audit_analysis_processed_total":                  8,
+			"audit_analysis_rabbitmq_messages_consumed_total": 11,
+			`audit_analysis_alerts_total{alert_type="failed_login_burst",rule_id="ANLY-SEC-001",severity="CRITICAL"}`:      1,
+			`audit_analysis_alerts_total{alert_type="sensitive_file_modified",rule_id="ANLY-SEC-002",severity="CRITICAL"}`: 2,
+			"audit_analysis_rabbitmq_consumer_connection_status":                                                           1,
+			"audit_analysis_redis_connection_status":                                                                       1,
+			`audit_analysis_rejected_messages_total{reason="invalid_json"}`:                                                1,
+			`audit_analysis_rejected_messages_total{reason="not_object"}`:                                                  1,
+			`audit_analysis_rejected_messages_total{reason="invalid_utf8"}`:                                                1,
+		} {
+			if got := metric(t, base, series); got != want {
+				t.Errorf("%s %s = %v, want %v", base, series, got, want)
+			}
+		}
+	}
+}
+
+// checkFields compares dotted paths of a decoded alert.
+func checkFields(t *testing.T, a map[string]any, want map[string]any) {
+	t.Helper()
+	for path, w := range want {
+		var cur any = a
+		for _, part := range strings.Split(path, ".") {
+			m, _ := cur.(map[string]any)
+			cur = m[part]
+		}
+		if fmt.Sprint(cur) != fmt.Sprint(w) {
+			t.Errorf("%s = %v, want %v", path, cur, w)
+		}
+	}
+}
+
+// redisServer is a private redis-server the test may stop and restart.
+type redisServer struct {
+	t    *testing.T
+	port int
+	dir  string
+	cmd  *exec.Cmd
+}
+
+func startRedis(t *testing.T) *redisServer {
+	t.Helper()
+	if _, err := exec.LookPath("redis-server"); err != nil {
+		if testenv.Required() {
+			t.Fatal("redis-server is not installed")
+		}
+		t.Skip("redis-server is not installed")
+	}
+	r := &redisServer{t: t, port: testenv.FreePort(t), dir: t.TempDir()}
+	r.start()
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *redisServer) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
+
+func (r *redisServer) start() {
+	r.t.Helper()
+	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", r.dir, "--daemonize", "no")
+	if err := r.cmd.Start(); err != nil {
+		r.t.Fatal(err)
+	}
+	rdb := redis.NewClient(&redis.Options{Addr: r.addr()})
+	defer rdb.Close()
+	for i := 0; i < 100; i++ {
+		if rdb.Ping(context.Background()).Err() == nil {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	r.t.Fatal("private redis-server did not start")
+}
+
+func (r *redisServer) stop() {
+	if r.cmd == nil || r.cmd.Process == nil {
+		return
+	}
+	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Wait()
+	r.cmd = nil
+}
+
+func TestHealthFollowsRedisAndNoEventIsLostWhileItIsDown(t *testing.T) {
+	t.Parallel()
+	rs := startRedis(t)
+	s := startService(t, serviceEnv(t, rs.addr()))
+
+	rs.stop()
+	took := s.waitStatus(http.StatusServiceUnavailable, 10*time.Second)
+	if took > 5*time.Second {
+		t.Errorf("/healthz turned 503 after %s, want within 5s", took)
+	}
+	_, body := s.health()
+	if body["redis_connected"] != false || body["rabbitmq_connected"] != true || body["status"] != "unhealthy" {
+		t.Errorf("/healthz body while Redis is down = %v", body)
+	}
+	if resp, err := http.Get(s.appURL + "/livez"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("/livez while Redis is down: %v %v, want 200", resp, err)
+	}
+
+	// Events that arrive while Redis is down wait in the queue.
+	base := time.Now().UTC().Add(-time.Minute)
+	for i := range 3 {
+		publish(t, s.queue, ev(uuidFor(100+i), base.Add(time.Duration(i)*time.Second).Format(time.RFC3339Nano),
+			"user_login", "FAILURE", "mallory", "prod-db-01", nil))
+	}
+	time.Sleep(2 * time.Second)
+	rs.start()
+	s.waitHealthy(15 * time.Second)
+	alerts := decodeAlerts(t, collect(t, s.alertQueue, 1, 2*time.Second, 30*time.Second))
+	if len(alerts) != 1 || alerts[0]["correlation_id"] != uuidFor(102) {
+		t.Fatalf("after Redis returned got %v, want one ANLY-SEC-001 alert triggered by event 102", alerts)
+	}
+}
+
+func TestSIGTERMStopsTheBinaryCleanly(t *testing.T) {
+	t.Parallel()
+	redisAddr := testenv.RedisAddr(t)
+	env := serviceEnv(t, redisAddr)
+	bin := filepath.Join(t.TempDir(), "audit-log-analysis")
+	build := exec.Command("go", "build", "-o", bin, "../../cmd/audit-log-analysis")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin)
+	cmd.Env = os.Environ()
+	for k, v := range env {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	var logs syncBuffer
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		deleteQueues(t, env["RABBITMQ_QUEUE"], env["RABBITMQ_ALERT_QUEUE"], env["RABBITMQ_QUEUE"]+".dead-letter")
+		deleteKeys(t, redisAddr, env["REDIS_KEY_PREFIX"])
+	})
+	s := &service{t: t, appURL: "http://127.0.0.1:" + env["APP_PORT"]}
+	s.waitHealthy(20 * time.Second)
+	publish(t, env["RABBITMQ_QUEUE"], ev(uuidFor(200), time.Now().UTC().Format(time.RFC3339), "file_modified", "MODIFIED", "x", "h", map[string]any{"resource": "/etc/sudoers"}))
+	if got := collect(t, env["RABBITMQ_ALERT_QUEUE"], 1, time.Second, 10*time.Second); len(got) != 1 {
+		t.Errorf("got %d alerts, want the one for the event sent", len(got))
+	}
+
+	start := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatalf("still running 10s after the signal\n%s", logs.String())
+	}
+	t.Logf("stopped %s after the signal", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(logs.String(), `"msg":"stopped"`) {
+		t.Errorf("no clean stop in the logs:\n%s", logs.String())
+	}
+	if n := queueDepth(t, env["RABBITMQ_QUEUE"]); n != 0 {
+		t.Errorf("event queue holds %d messages after a clean stop, want 0", n)
+	}
+}
