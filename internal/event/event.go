@@ -54,8 +54,8 @@ type Event struct {
 	// Raw is the message body.
 	Raw []byte
 
-	top     map[string]json.RawMessage
-	details map[string]json.RawMessage
+	top     object
+	details object
 }
 
 // Reason classifies why a body can never become an event. The values are
@@ -127,12 +127,15 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 		}
 		return nil, reject(ReasonNotObject, "body is JSON but not an object")
 	}
-	ev := &Event{Raw: body}
-	if err := json.Unmarshal(trimmed, &ev.top); err != nil {
+	if !json.Valid(trimmed) {
+		// Say where, as encoding/json would.
+		var v any
+		err := json.Unmarshal(trimmed, &v)
 		return nil, reject(ReasonInvalidJSON, "body is not a JSON object: %v", err)
 	}
+	ev := &Event{Raw: body, top: scanObject(trimmed)}
 	for _, f := range stringFields {
-		raw, ok := ev.top[f.name]
+		raw, ok := ev.top.get(f.name)
 		if !ok {
 			continue
 		}
@@ -142,13 +145,11 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 		}
 		f.set(ev, s)
 	}
-	if raw, ok := ev.top["details"]; ok && !isNull(raw) {
+	if raw, ok := ev.top.get("details"); ok && !isNull(raw) {
 		if len(raw) == 0 || raw[0] != '{' {
 			return nil, reject(ReasonWrongType, "field %q: want an object", "details")
 		}
-		if err := json.Unmarshal(raw, &ev.details); err != nil {
-			return nil, reject(ReasonWrongType, "field %q: %v", "details", err)
-		}
+		ev.details = scanObject(raw)
 	}
 	for _, fb := range []struct {
 		dst  *string
@@ -157,7 +158,7 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 		if *fb.dst != "" {
 			continue
 		}
-		raw, ok := ev.details[fb.name]
+		raw, ok := ev.details.get(fb.name)
 		if !ok {
 			continue
 		}
@@ -167,7 +168,7 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 		}
 		*fb.dst = s
 	}
-	if raw, ok := ev.top["timestamp"]; ok && !isNull(raw) {
+	if raw, ok := ev.top.get("timestamp"); ok && !isNull(raw) {
 		ts, err := decodeTimestamp(raw)
 		if err != nil {
 			// An unreadable time is not a reason to lose the event: it
@@ -181,24 +182,20 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 	return ev, nil
 }
 
-func isNull(raw json.RawMessage) bool { return string(raw) == "null" }
+func isNull(raw []byte) bool { return string(raw) == "null" }
 
-// decodeString accepts a JSON string or null ("").
-func decodeString(raw json.RawMessage) (string, error) {
+// decodeString accepts a JSON string or null (""). raw is valid JSON.
+func decodeString(raw []byte) (string, error) {
 	if isNull(raw) {
 		return "", nil
 	}
 	if len(raw) == 0 || raw[0] != '"' {
 		return "", errors.New("want a string")
 	}
-	var s string
-	if err := json.Unmarshal(raw, &s); err != nil {
-		return "", err
-	}
-	return s, nil
+	return unquote(raw), nil
 }
 
-func decodeTimestamp(raw json.RawMessage) (time.Time, error) {
+func decodeTimestamp(raw []byte) (time.Time, error) {
 	if len(raw) > 0 && raw[0] != '"' {
 		// A number is taken as Unix seconds (with a fraction), the other
 		// common way producers write time.
@@ -308,31 +305,27 @@ func (e *Event) Field(name string) (string, bool) {
 }
 
 func (e *Event) has(name string) bool {
-	raw, ok := e.top[name]
+	raw, ok := e.top.get(name)
 	return ok && !isNull(raw)
 }
 
 // lookup walks a dotted path through nested objects.
 func (e *Event) lookup(dotted string) (string, bool) {
 	parts := strings.Split(dotted, ".")
-	var cur json.RawMessage
+	var cur []byte
 	var ok bool
 	if parts[0] == "details" && e.details != nil && len(parts) > 1 {
-		cur, ok = e.details[parts[1]]
+		cur, ok = e.details.get(parts[1])
 		parts = parts[2:]
 	} else {
-		cur, ok = e.top[parts[0]]
+		cur, ok = e.top.get(parts[0])
 		parts = parts[1:]
 	}
 	for ok && len(parts) > 0 {
 		if len(cur) == 0 || cur[0] != '{' {
 			return "", false
 		}
-		var obj map[string]json.RawMessage
-		if json.Unmarshal(cur, &obj) != nil {
-			return "", false
-		}
-		cur, ok = obj[parts[0]]
+		cur, ok = scanObject(cur).get(parts[0])
 		parts = parts[1:]
 	}
 	if !ok || len(cur) == 0 || isNull(cur) {

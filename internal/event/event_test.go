@@ -1,6 +1,7 @@
 package event
 
 import (
+	"encoding/json"
 	"errors"
 	"strings"
 	"testing"
@@ -236,6 +237,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"event_id":"x","details":{"resource":"/etc/shadow"}}`))
 	f.Add([]byte(`[1,2]`))
 	f.Add([]byte("\xff"))
+	f.Add([]byte(`{"user_id":"a\"b","user_id":"c","event_type":"x\u0041","details":{"ip_address":"1.2.3.4","n":[1,{"a":"}"}]}}`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		ev, err := Decode(body, MaxBodyBytes)
 		if err != nil {
@@ -247,6 +249,17 @@ func FuzzDecode(f *testing.F) {
 		}
 		if _, err := uuid.Parse(ev.Key); err != nil {
 			t.Fatalf("Key %q is not a UUID", ev.Key)
+		}
+		// The scanner must read what encoding/json reads.
+		var m map[string]any
+		if err := json.Unmarshal(body, &m); err != nil {
+			t.Fatalf("Decode accepted what encoding/json refuses: %v", err)
+		}
+		for _, f := range []string{"user_id", "server_hostname", "event_type", "action_result", "event_id"} {
+			want, _ := m[f].(string)
+			if got, _ := ev.Field(f); got != want {
+				t.Fatalf("Field(%q) = %q, encoding/json reads %q", f, got, want)
+			}
 		}
 	})
 }
