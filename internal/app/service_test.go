@@ -593,3 +593,103 @@ func TestSIGTERMStopsTheBinaryCleanly(t *testing.T) {
 		t.Errorf("event queue holds %d messages after a clean stop, want 0", n)
 	}
 }
+
+func TestServiceRunsACustomRulesFileAndSurvivesABadReload(t *testing.T) {
+	t.Parallel()
+	redisAddr := testenv.RedisAddr(t)
+	env := serviceEnv(t, redisAddr)
+	rulesFile := filepath.Join(t.TempDir(), "rules.yaml")
+	writeRules := func(src string) {
+		t.Helper()
+		// Write then rename, as config management does.
+		tmp := rulesFile + ".tmp"
+		if err := os.WriteFile(tmp, []byte(src), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, rulesFile); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeRules(`
+rules:
+  - id: CUSTOM-SPRAY
+    name: Password spray
+    severity: HIGH
+    match:
+      event_type: user_login
+      action_result: FAILURE
+      client_ip: {cidr: [203.0.113.0/24]}
+    threshold: {count: 3, window: 10m, group_by: [client_ip], distinct: user_id}
+  - id: CUSTOM-ADMIN
+    severity: HIGH
+    match:
+      event_type: user_login
+      user_id: {regex: "^admin[0-9]+$"}
+  - id: CUSTOM-PAM
+    severity: HIGH
+    resource_type: FILE
+    match:
+      event_type: file_modified
+      resource: {path: [/etc/pam.d/*]}
+`)
+	env["RULES_FILE"] = rulesFile
+	s := startService(t, env)
+	t.Cleanup(func() { deleteKeys(t, redisAddr, s.prefix) })
+
+	base := time.Now().UTC().Add(-time.Hour)
+	at := func(sec int) string { return base.Add(time.Duration(sec) * time.Second).Format(time.RFC3339) }
+	spray := func(id int, user, ip string, sec int) []byte {
+		return ev(uuidFor(id), at(sec), "user_login", "FAILURE", user, "vpn-01", map[string]any{"ip_address": ip})
+	}
+	publish(t, s.queue,
+		spray(1, "u1", "203.0.113.7", 0), spray(2, "u1", "203.0.113.7", 10), spray(3, "u2", "203.0.113.7", 20),
+		spray(4, "u3", "198.51.100.1", 30), // outside the CIDR
+		spray(5, "u3", "203.0.113.7", 300), // third distinct user: alert
+		ev(uuidFor(6), at(310), "user_login", "SUCCESS", "admin7", "vpn-01", nil),
+		ev(uuidFor(7), at(311), "user_login", "SUCCESS", "xadmin7", "vpn-01", nil),
+		ev(uuidFor(8), at(312), "file_modified", "MODIFIED", "root", "vpn-01", map[string]any{"resource": "/etc/pam.d//sshd"}),
+		ev(uuidFor(9), at(313), "file_modified", "MODIFIED", "root", "vpn-01", map[string]any{"resource": "/etc/shadow"}),
+	)
+	got := map[string]string{}
+	for _, a := range decodeAlerts(t, collect(t, s.alertQueue, 3, 2*time.Second, 30*time.Second)) {
+		got[a["analysis_rule"].(map[string]any)["rule_id"].(string)] = fmt.Sprint(a["correlation_id"])
+	}
+	want := map[string]string{"CUSTOM-SPRAY": uuidFor(5), "CUSTOM-ADMIN": uuidFor(6), "CUSTOM-PAM": uuidFor(8)}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("alerts by rule = %v, want %v", got, want)
+	}
+
+	// A broken file is refused; the running rules stay.
+	writeRules("rules:\n  - id: BROKEN\n    severity: HIGH\n    match: {user_id: {like: x}}\n")
+	waitMetric(t, s.promURL, `audit_analysis_rules_reload_total{result="failure"}`, 1, 10*time.Second)
+	publish(t, s.queue, ev(uuidFor(10), at(400), "user_login", "SUCCESS", "admin8", "vpn-01", nil))
+	if a := decodeAlerts(t, collect(t, s.alertQueue, 1, time.Second, 30*time.Second)); len(a) != 1 {
+		t.Fatalf("after a failed reload got %d alerts, want 1 from the running rules", len(a))
+	}
+
+	// A good file replaces them.
+	writeRules("rules:\n  - id: ONLY-PAM\n    severity: HIGH\n    resource_type: FILE\n    match: {resource: {path: [/etc/pam.d/*]}}\n")
+	waitMetric(t, s.promURL, `audit_analysis_rules_reload_total{result="success"}`, 1, 10*time.Second)
+	if n := metric(t, s.promURL, "audit_analysis_rules_loaded"); n != 1 {
+		t.Errorf("audit_analysis_rules_loaded = %v, want 1", n)
+	}
+	publish(t, s.queue,
+		ev(uuidFor(11), at(500), "user_login", "SUCCESS", "admin9", "vpn-01", nil),
+		ev(uuidFor(12), at(501), "file_modified", "MODIFIED", "root", "vpn-01", map[string]any{"resource": "/etc/pam.d/login"}))
+	a := decodeAlerts(t, collect(t, s.alertQueue, 1, 2*time.Second, 30*time.Second))
+	if len(a) != 1 || a[0]["analysis_rule"].(map[string]any)["rule_id"] != "ONLY-PAM" {
+		t.Fatalf("after reload got %v, want one ONLY-PAM alert", a)
+	}
+}
+
+func waitMetric(t *testing.T, base, series string, want float64, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if metric(t, base, series) == want {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("%s = %v after %s, want %v", series, metric(t, base, series), d, want)
+}
