@@ -1,0 +1,125 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/audit-platform/audit-log-analysis/internal/broker"
+	"github.com/audit-platform/audit-log-analysis/internal/rules"
+	"github.com/audit-platform/audit-log-analysis/internal/state"
+	rulefiles "github.com/audit-platform/audit-log-analysis/rules"
+)
+
+type fakePublisher struct {
+	fail error
+	got  [][]broker.Message
+}
+
+func (f *fakePublisher) Publish(_ context.Context, msgs []broker.Message) error {
+	if f.fail != nil {
+		return f.fail
+	}
+	f.got = append(f.got, msgs)
+	return nil
+}
+
+func newTestPipeline(t *testing.T, pub *fakePublisher, deadLetter string) (*pipeline, *metrics) {
+	t.Helper()
+	set, err := rules.Parse(rulefiles.DefaultName, rulefiles.Default)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newMetrics(prometheus.NewRegistry())
+	return &pipeline{
+		engine:          rules.NewEngine(state.NewMemory(), set, rules.Options{}),
+		publisher:       pub,
+		sourceQueue:     "events",
+		alertQueue:      "alerts",
+		deadLetterQueue: deadLetter,
+		metrics:         m,
+		logger:          slog.New(slog.NewTextHandler(io.Discard, nil)),
+		now:             func() time.Time { return time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC) },
+	}, m
+}
+
+func deliveries(bodies ...string) []broker.Delivery {
+	out := make([]broker.Delivery, len(bodies))
+	for i, b := range bodies {
+		out[i] = broker.Delivery{Body: []byte(b)}
+	}
+	return out
+}
+
+const shadowEdit = `{"event_id":"e1","event_type":"file_modified","action_result":"MODIFIED","details":{"resource":"/etc/shadow"}}`
+
+func TestPipelineDeadLettersBadInputWithItsReason(t *testing.T) {
+	t.Parallel()
+	pub := &fakePublisher{}
+	p, m := newTestPipeline(t, pub, "events.dead-letter")
+	disps, err := p.Handle(context.Background(), deliveries(shadowEdit, "nope", "[1]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range disps {
+		if d != broker.Ack {
+			t.Errorf("disposition %d = %v, want ack (dead letters are published, then acked)", i, d)
+		}
+	}
+	if len(pub.got) != 1 || len(pub.got[0]) != 3 {
+		t.Fatalf("published %v, want one batch of an alert and two dead letters", pub.got)
+	}
+	dead := pub.got[0][1:]
+	for i, want := range []string{"invalid_json", "not_object"} {
+		if dead[i].Queue != "events.dead-letter" || dead[i].Headers["x-rejection-reason"] != want || dead[i].MessageID == "" {
+			t.Errorf("dead letter %d = %+v, want reason %s", i, dead[i], want)
+		}
+	}
+	if got := testutil.ToFloat64(m.rejected.WithLabelValues("invalid_json")); got != 1 {
+		t.Errorf("rejected{invalid_json} = %v", got)
+	}
+}
+
+func TestPipelineRejectsWithoutRequeueWhenDeadLetteringIsOff(t *testing.T) {
+	t.Parallel()
+	p, _ := newTestPipeline(t, &fakePublisher{}, "")
+	disps, err := p.Handle(context.Background(), deliveries("nope", shadowEdit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if disps[0] != broker.Reject || disps[1] != broker.Ack {
+		t.Errorf("dispositions = %v, want [reject ack]", disps)
+	}
+}
+
+func TestPipelineFailsTheWholeBatchWhenPublishingFailsAndCountsOnce(t *testing.T) {
+	t.Parallel()
+	pub := &fakePublisher{fail: errors.New("broker: not connected")}
+	p, m := newTestPipeline(t, pub, "dead")
+	batch := deliveries(shadowEdit, "nope")
+	if _, err := p.Handle(context.Background(), batch); err == nil {
+		t.Fatal("Handle succeeded while publishing failed; the batch would be acked without its alert")
+	}
+	if got := testutil.ToFloat64(m.processed); got != 0 {
+		t.Errorf("processed = %v after a failed batch, want 0", got)
+	}
+	pub.fail = nil
+	if _, err := p.Handle(context.Background(), batch); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(m.processed); got != 1 {
+		t.Errorf("processed = %v after the retry, want 1", got)
+	}
+	if got := testutil.ToFloat64(m.consumed); got != 2 {
+		t.Errorf("consumed = %v after the retry, want 2", got)
+	}
+	if got := testutil.ToFloat64(m.publishFailures); got != 1 {
+		t.Errorf("publish failures = %v, want 1", got)
+	}
+}
