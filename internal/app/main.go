@@ -32,7 +32,7 @@ type Env struct {
 }
 
 const usage = `usage:
-  audit-log-analysis [serve]                          run the service
+  audit-log-analysis [serve] [--rules FILE]           run the service
   audit-log-analysis replay [--rules FILE] [FILE...]  run the rules over JSON Lines (stdin without FILE)
   audit-log-analysis rules check FILE                 validate a rules file
   audit-log-analysis rules test DIR                   run detection fixtures
@@ -54,10 +54,13 @@ func Main(ctx context.Context, env Env) error {
 	}
 	switch cmd {
 	case "serve":
-		if len(args) > 0 {
-			return fmt.Errorf("serve takes no arguments: %w", errUsage)
+		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+		fs.SetOutput(env.Stderr)
+		rulesFile := fs.String("rules", "", "rules file (default: RULES_FILE, else the built-in rules)")
+		if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
+			return fmt.Errorf("serve takes only --rules FILE: %w", errUsage)
 		}
-		return Serve(ctx, env)
+		return Serve(ctx, env, *rulesFile)
 	case "replay":
 		return runReplay(ctx, env, args)
 	case "rules":

@@ -29,10 +29,13 @@ import (
 // Serve runs the service until ctx is cancelled, then stops it in order:
 // consuming first (the batch in flight is finished and acknowledged), then
 // publishing, the HTTP servers and Redis.
-func Serve(ctx context.Context, env Env) error {
+func Serve(ctx context.Context, env Env, rulesFile string) error {
 	cfg, err := loadConfig(env.Getenv)
 	if err != nil {
 		return err
+	}
+	if rulesFile != "" {
+		cfg.RulesFile = rulesFile
 	}
 	logger := newLogger(cfg, env.Stdout)
 	logger.Info("starting", "version", env.Version, "config", cfg)
