@@ -8,7 +8,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -212,12 +214,23 @@ func ClientIP(s string) *string {
 	return &out
 }
 
-// RawEventData returns the body for raw_event_data. A body with \u escapes
-// is decoded and encoded again so that NUL characters and lone surrogates,
-// which PostgreSQL's JSONB refuses, become U+FFFD.
+// maxRawDepth bounds the nesting kept as JSON in raw_event_data; deeper
+// values are kept as their JSON text. Python's json, which the notification
+// service stores alerts with, fails near a depth of 1000.
+const maxRawDepth = 64
+
+// maxNumberLen is the longest number literal kept as a number: Python
+// refuses to read integers of more than 4300 digits.
+const maxNumberLen = 4300
+
+// RawEventData returns the body for raw_event_data. The body is kept as
+// received unless the notification service could not store it: NUL
+// characters and lone surrogates (which PostgreSQL refuses) become U+FFFD,
+// numbers Python reads as infinity or refuses become strings, and values
+// nested deeper than maxRawDepth become their JSON text.
 func RawEventData(body []byte) json.RawMessage {
 	body = bytes.TrimSpace(body)
-	if !bytes.Contains(body, []byte(`\u`)) {
+	if !needsCleaning(body) {
 		return body
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -226,30 +239,98 @@ func RawEventData(body []byte) json.RawMessage {
 	if err := dec.Decode(&v); err != nil {
 		return body
 	}
-	out, err := json.Marshal(cleanValue(v))
+	out, err := json.Marshal(cleanValue(v, 0))
 	if err != nil {
 		return body
 	}
 	return out
 }
 
-func cleanValue(v any) any {
+// needsCleaning scans valid JSON for what RawEventData must change: \u
+// escapes (they may hide NUL or a lone surrogate), deep nesting and numbers
+// that are not storable.
+func needsCleaning(b []byte) bool {
+	depth := 0
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '"':
+			for i++; i < len(b) && b[i] != '"'; i++ {
+				if b[i] == '\\' {
+					if i+1 < len(b) && b[i+1] == 'u' {
+						return true
+					}
+					i++
+				}
+			}
+		case c == '{' || c == '[':
+			depth++
+			if depth > maxRawDepth {
+				return true
+			}
+		case c == '}' || c == ']':
+			depth--
+		case c == '-' || (c >= '0' && c <= '9'):
+			j := i
+			for j < len(b) && strings.IndexByte("+-.eE0123456789", b[j]) >= 0 {
+				j++
+			}
+			if !storableNumber(string(b[i:j])) {
+				return true
+			}
+			i = j - 1
+		}
+	}
+	return false
+}
+
+func storableNumber(n string) bool {
+	if len(n) > maxNumberLen {
+		return false
+	}
+	if strings.ContainsAny(n, ".eE") {
+		f, err := strconv.ParseFloat(n, 64)
+		return err == nil && !math.IsInf(f, 0)
+	}
+	return true
+}
+
+func cleanValue(v any, depth int) any {
 	switch x := v.(type) {
 	case string:
 		return clean(x)
+	case json.Number:
+		if !storableNumber(string(x)) {
+			return string(x)
+		}
+		return x
 	case map[string]any:
+		if depth >= maxRawDepth {
+			return deepText(x)
+		}
 		m := make(map[string]any, len(x))
 		for k, val := range x {
-			m[clean(k)] = cleanValue(val)
+			m[clean(k)] = cleanValue(val, depth+1)
 		}
 		return m
 	case []any:
+		if depth >= maxRawDepth {
+			return deepText(x)
+		}
 		for i := range x {
-			x[i] = cleanValue(x[i])
+			x[i] = cleanValue(x[i], depth+1)
 		}
 		return x
 	}
 	return v
+}
+
+// deepText is a value too deep to keep as JSON, as its JSON text.
+func deepText(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return ""
+	}
+	return clean(string(b))
 }
 
 // clean replaces NUL, which PostgreSQL text cannot hold.
@@ -268,12 +349,16 @@ func Shorten(s string, limit int) string {
 		return s
 	}
 	keep := limit - utf8.RuneCountInString(TruncationMarker)
+	marker := TruncationMarker
+	if keep < 1 {
+		keep, marker = limit, ""
+	}
 	i := 0
 	for n := 0; n < keep; n++ {
 		_, size := utf8.DecodeRuneInString(s[i:])
 		i += size
 	}
-	return s[:i] + TruncationMarker
+	return s[:i] + marker
 }
 
 // fit applies the column limits and removes NUL from every string.

@@ -3,6 +3,8 @@ package rules
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -114,7 +116,7 @@ func (e *Engine) Process(ctx context.Context, events []*event.Event, now time.Ti
 				values := make([]string, len(th.GroupBy))
 				p.group = make(map[string]string, len(th.GroupBy))
 				for i, f := range th.GroupBy {
-					values[i], _ = ev.Field(f)
+					values[i] = groupValue(ev, f)
 					p.group[f] = values[i]
 				}
 				p.key = th.groupKey(values)
@@ -128,7 +130,7 @@ func (e *Engine) Process(ctx context.Context, events []*event.Event, now time.Ti
 				}
 				if th.Distinct != "" {
 					u.Distinct = true
-					u.Value, _ = ev.Field(th.Distinct)
+					u.Value = groupValue(ev, th.Distinct)
 				}
 				p.update = len(updates)
 				updates = append(updates, u)
@@ -187,32 +189,65 @@ func (e *Engine) Process(ctx context.Context, events []*event.Event, now time.Ti
 	return out, nil
 }
 
+// groupValue is a field's value as a group key or distinct value. Paths
+// and addresses are canonical, so "/etc//shadow" and "/etc/shadow", or
+// "::ffff:10.0.0.1" and "10.0.0.1", are one group: spelling a value another
+// way must not split a count an attacker wants to stay under.
+func groupValue(ev *event.Event, field string) string {
+	v, _ := ev.Field(field)
+	switch field {
+	case "resource":
+		return event.CanonicalPath(v)
+	case "client_ip":
+		if addr, err := netip.ParseAddr(strings.TrimSpace(v)); err == nil {
+			return addr.WithZone("").Unmap().String()
+		}
+	}
+	return v
+}
+
+// Event times the state stores can hold: from the Unix epoch to 2^52 µs
+// (September 2112), where a Redis score still holds a time exactly.
+var (
+	minEventTime = time.Unix(0, 0).UTC()
+	maxEventTime = time.UnixMicro(1 << 52).UTC()
+)
+
+func inRange(t time.Time) bool { return !t.Before(minEventTime) && !t.After(maxEventTime) }
+
 // eventTime returns the time an event counts at, its arrival time, and
-// whether its own time was clamped for being too far ahead.
+// whether its own time was clamped for being too far ahead or outside the
+// range the stores hold. A time the stores cannot hold must never fail a
+// batch: the batch would be retried forever.
 func (e *Engine) eventTime(ev *event.Event, now time.Time) (t, arrival time.Time, clamped bool) {
 	if e.opts.EventClock {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		arrival = e.newest
-		t = ev.Timestamp
-		switch {
-		case t.IsZero():
-			t = arrival
-		case !arrival.IsZero() && e.opts.MaxClockSkew > 0 && t.Sub(arrival) > e.opts.MaxClockSkew:
-			t, clamped = arrival, true
+		if arrival.IsZero() {
+			arrival = minEventTime
 		}
-		if t.After(e.newest) {
-			e.newest = t
-		}
-		return t, e.newest, clamped
+	} else {
+		arrival = now
 	}
-	arrival = now
 	t = ev.Timestamp
 	switch {
 	case t.IsZero():
 		t = arrival
-	case e.opts.MaxClockSkew > 0 && t.Sub(arrival) > e.opts.MaxClockSkew:
+	case !inRange(t):
 		t, clamped = arrival, true
+	case e.opts.MaxClockSkew > 0 && t.Sub(arrival) > e.opts.MaxClockSkew && !(e.opts.EventClock && e.newest.IsZero()):
+		t, clamped = arrival, true
+	}
+	if !inRange(t) {
+		// Only a wall clock outside 1970..2112 gets here.
+		t = minEventTime
+	}
+	if e.opts.EventClock {
+		if t.After(e.newest) {
+			e.newest = t
+		}
+		arrival = e.newest
 	}
 	return t, arrival, clamped
 }
