@@ -6,6 +6,23 @@ import (
 	"time"
 )
 
+// Both stores apply an Update to its group (the state of one Key) the same
+// way; memory.go and apply.lua are the two implementations:
+//
+//  1. An event id already recorded or suppressed changes nothing: the
+//     answer is the stored alert it triggered, if still remembered, or
+//     Duplicate.
+//  2. An event closer than Suppress to an alerted burst (strictly) is
+//     remembered as suppressed and counted for the next alert.
+//  3. Otherwise it is recorded, and events older than the retention
+//     behind the newest one are forgotten, then the oldest beyond
+//     maxEvents.
+//  4. Candidates are the recorded events less than Window from it and
+//     outside every suppression zone, in (time, id) order. The first
+//     window [c, c+Window) starting at a candidate c no later than the
+//     event that holds Count events (or distinct values) fires; the burst
+//     is remembered (the newest maxBursts are kept).
+
 // Bounds shared by both stores. They are part of the semantics: changing one
 // changes which events are remembered, so both stores read them from here.
 const (

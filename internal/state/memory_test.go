@@ -1,0 +1,76 @@
+package state
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// BenchmarkMemoryApply replays a stream the way the engine does: each of
+// the active groups sees an event every 10s, so a 60s window holds a handful
+// and most updates end up below the threshold or suppressed while some fire.
+// Event times advance with every update. One op is one update, applied in
+// batches of 100. Past a few thousand groups the state no longer fits in the
+// CPU caches, which is what the larger case measures.
+func BenchmarkMemoryApply(b *testing.B) {
+	for _, groups := range []int{1_000, 10_000} {
+		for _, distinct := range []bool{false, true} {
+			name := fmt.Sprintf("groups=%d/count", groups)
+			if distinct {
+				name = fmt.Sprintf("groups=%d/distinct", groups)
+			}
+			b.Run(name, func(b *testing.B) { benchmarkMemoryApply(b, groups, distinct) })
+		}
+	}
+}
+
+func benchmarkMemoryApply(b *testing.B, groups int, distinct bool) {
+	const batchSize, pool = 100, 1 << 20
+	step := 10 * sec / int64(groups)
+	keys := make([]string, groups)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("%016x", uint64(i)*0x9e3779b97f4a7c15)
+	}
+	users := []string{"alice", "bob", "carol", "dave", "erin", "frank"}
+	updates := make([]Update, pool)
+	for i := range updates {
+		updates[i] = Update{
+			Key:      keys[i%groups],
+			EventID:  fmt.Sprintf("evt-%08d", i),
+			Time:     base + int64(i)*step,
+			Value:    users[(i/groups)%len(users)],
+			Distinct: distinct,
+			Count:    5,
+			Window:   time.Minute,
+			Suppress: time.Minute,
+		}
+	}
+	m := NewMemory()
+	batch := make([]Update, batchSize)
+	fired := 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	for n := 0; n < b.N; n += batchSize {
+		for j := range batch {
+			i := n + j
+			u := updates[i%pool]
+			// Later passes over the pool are later in time, so their
+			// ids were pruned long ago and count as new events.
+			u.Time += int64(i/pool) * pool * step
+			batch[j] = u
+		}
+		results, err := m.Apply(b.Context(), batch)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, r := range results {
+			if r.Outcome == Fired {
+				fired++
+			}
+		}
+	}
+	b.StopTimer()
+	if b.N >= 100_000 && fired == 0 {
+		b.Fatal("nothing fired: the benchmark does not exercise bursts")
+	}
+}
