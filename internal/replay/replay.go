@@ -12,8 +12,10 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/audit-platform/audit-log-analysis/internal/event"
@@ -113,57 +115,146 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 		batch = batch[:0]
 		return nil
 	}
-	for _, in := range inputs {
-		r := bufio.NewReaderSize(in.Reader, 256<<10)
-		line := 0
-		for {
-			if err := ctx.Err(); err != nil {
-				return sum, err
+	// Lines are read by one goroutine, decoded by one worker per CPU and
+	// handed to the engine in input order: decoding is most of the work,
+	// and the engine must see events in order for the output to be the
+	// same on every run.
+	ctx, cancel := context.WithCancel(ctx)
+	workers := max(1, runtime.GOMAXPROCS(0))
+	work := make(chan *chunk, workers*2)
+	ordered := make(chan *chunk, workers*2)
+	readErr := make(chan error, 1)
+	go func() {
+		defer close(work)
+		defer close(ordered)
+		readErr <- readChunks(ctx, inputs, opts.MaxBodyBytes, work, ordered)
+	}()
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range work {
+				c.decode(opts.MaxBodyBytes)
 			}
-			body, tooLong, err := readLine(r, opts.MaxBodyBytes)
-			if len(body) == 0 && !tooLong && err != nil {
-				if errors.Is(err, io.EOF) {
-					break
-				}
-				return sum, fmt.Errorf("read %s: %w", in.Name, err)
-			}
-			line++
-			if tooLong {
-				sum.Lines++
-				sum.Rejected[event.ReasonTooLarge]++
-				report(in.Name, line, fmt.Errorf("%s: line is longer than %d bytes", event.ReasonTooLarge, opts.MaxBodyBytes))
-				continue
-			}
-			if len(bytes.TrimSpace(body)) == 0 {
-				if errors.Is(err, io.EOF) {
-					break
-				}
-				continue
-			}
+		}()
+	}
+	defer func() {
+		// On an early return, stop the reader and let every goroutine end.
+		cancel()
+		for range ordered {
+		}
+		wg.Wait()
+	}()
+	for c := range ordered {
+		<-c.done
+		for i := range c.lines {
+			l := &c.lines[i]
 			sum.Lines++
-			ev, derr := event.Decode(body, opts.MaxBodyBytes)
-			if derr != nil {
+			switch {
+			case l.tooLong:
+				sum.Rejected[event.ReasonTooLarge]++
+				report(l.input, l.number, fmt.Errorf("%s: line is longer than %d bytes", event.ReasonTooLarge, opts.MaxBodyBytes))
+			case l.err != nil:
 				var de *event.DecodeError
-				if errors.As(derr, &de) {
+				if errors.As(l.err, &de) {
 					sum.Rejected[de.Reason]++
 				}
-				report(in.Name, line, derr)
-				continue
-			}
-			sum.Events++
-			batch = append(batch, ev)
-			if len(batch) == cap(batch) {
-				if err := flush(); err != nil {
-					return sum, err
+				report(l.input, l.number, l.err)
+			default:
+				sum.Events++
+				batch = append(batch, l.event)
+				if len(batch) == cap(batch) {
+					if err := flush(); err != nil {
+						return sum, err
+					}
 				}
 			}
 		}
+	}
+	if err := <-readErr; err != nil {
+		return sum, err
 	}
 	if err := flush(); err != nil {
 		return sum, err
 	}
 	sum.Elapsed = time.Since(start)
 	return sum, w.Flush()
+}
+
+// chunkLines is how many lines travel together between the goroutines.
+const chunkLines = 512
+
+// chunk is a run of input lines, decoded by a worker; done is closed when
+// it has been.
+type chunk struct {
+	lines []line
+	done  chan struct{}
+}
+
+type line struct {
+	input   string
+	number  int
+	body    []byte
+	tooLong bool
+	event   *event.Event
+	err     error
+}
+
+func (c *chunk) decode(maxBytes int) {
+	for i := range c.lines {
+		l := &c.lines[i]
+		if !l.tooLong {
+			l.event, l.err = event.Decode(l.body, maxBytes)
+		}
+	}
+	close(c.done)
+}
+
+// readChunks reads every input in order and sends each chunk to both
+// channels: to a worker to decode, and to the engine in order.
+func readChunks(ctx context.Context, inputs []Input, maxBytes int, work, ordered chan<- *chunk) error {
+	c := &chunk{done: make(chan struct{})}
+	send := func() error {
+		if len(c.lines) == 0 {
+			return nil
+		}
+		for _, ch := range []chan<- *chunk{ordered, work} {
+			select {
+			case ch <- c:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		c = &chunk{done: make(chan struct{})}
+		return nil
+	}
+	for _, in := range inputs {
+		r := bufio.NewReaderSize(in.Reader, 256<<10)
+		number := 0
+		for {
+			body, tooLong, err := readLine(r, maxBytes)
+			if len(body) == 0 && !tooLong && err != nil {
+				if errors.Is(err, io.EOF) {
+					break
+				}
+				return fmt.Errorf("read %s: %w", in.Name, err)
+			}
+			number++
+			if tooLong || len(bytes.TrimSpace(body)) > 0 {
+				c.lines = append(c.lines, line{input: in.Name, number: number, body: body, tooLong: tooLong})
+				if len(c.lines) == chunkLines {
+					if err := send(); err != nil {
+						return err
+					}
+				}
+			}
+			if errors.Is(err, io.EOF) {
+				break
+			}
+		}
+	}
+	return send()
 }
 
 // readLine returns the next line without its newline. A line longer than
