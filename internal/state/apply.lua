@@ -8,7 +8,8 @@
 --                     being {start, end, count, first id, trigger id,
 --                     suppressed, ids}
 -- ARGV: event id, time, value, distinct (1/0), count, window µs, suppress µs,
---       retention µs, key ttl ms, max events, max bursts, max ids
+--       retention µs, key ttl ms, max events, max bursts, max ids,
+--       max suppressed ids
 --
 -- Reply: {outcome} or, when fired, {1, start, end, count, first id,
 -- trigger id, suppressed, ids...}. Outcomes: 0 below, 1 fired,
@@ -35,6 +36,7 @@ local ttl = ARGV[9]
 local maxEvents = tonumber(ARGV[10])
 local maxBursts = tonumber(ARGV[11])
 local maxIDs = tonumber(ARGV[12])
+local maxSuppressed = tonumber(ARGV[13])
 
 -- Lua's unpack is bounded by the C stack; commands take ids in chunks.
 local chunk = 1000
@@ -100,6 +102,10 @@ end
 -- 2. Suppression: close to an alerted burst.
 if zoned(t) then
   redis.call('ZADD', sk, ts, id)
+  local n = redis.call('ZCARD', sk)
+  if n > maxSuppressed then
+    redis.call('ZREMRANGEBYRANK', sk, 0, n - maxSuppressed - 1)
+  end
   expire()
   meta[1] = meta[1] + 1
   save()

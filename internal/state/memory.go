@@ -9,12 +9,17 @@ import (
 
 // Memory keeps rule state in process memory, for replaying recorded events
 // and for tests. It is safe for concurrent use: Apply calls run one at a
-// time. Groups are never forgotten, so its memory grows with the number of
-// distinct keys it has seen.
+// time. A group idle for as long as Redis would keep its keys, counted in
+// event time, is forgotten, so replaying a long history keeps only the
+// groups still active.
 type Memory struct {
 	mu     sync.Mutex
 	groups map[string]*group
-	seed   maphash.Seed // hashes event ids for the groups' id sets
+	// newest is the newest event time applied; applied counts updates
+	// between sweeps of idle groups.
+	newest  int64
+	applied int
+	seed    maphash.Seed // hashes event ids for the groups' id sets
 	// Scratch space reused under mu, so that replaying millions of
 	// events does not allocate per update.
 	cands  []event
@@ -43,6 +48,21 @@ type group struct {
 	bursts     []Burst // alerted bursts, oldest first
 	spans      []span  // Start and End of each burst, scanned by every update
 	sinceAlert int     // events suppressed since the last burst
+	// last is the newest time applied to the group and ttl how long after
+	// it the group is kept: Redis's key TTL, in event time.
+	last, ttl int64
+}
+
+// sweepEvery is how many updates pass between sweeps of idle groups.
+const sweepEvery = 1 << 14
+
+// sweep forgets the groups idle for longer than their ttl.
+func (m *Memory) sweep() {
+	for k, g := range m.groups {
+		if g.last+g.ttl < m.newest {
+			delete(m.groups, k)
+		}
+	}
 }
 
 type span struct{ start, end int64 }
@@ -63,11 +83,17 @@ func (m *Memory) Apply(_ context.Context, updates []Update) ([]Result, error) {
 }
 
 func (m *Memory) apply(u Update) Result {
+	m.newest = max(m.newest, u.Time)
+	if m.applied++; m.applied%sweepEvery == 0 {
+		m.sweep()
+	}
 	g := m.groups[u.Key]
 	if g == nil {
 		g = &group{}
 		m.groups[u.Key] = g
 	}
+	g.last = max(g.last, u.Time)
+	g.ttl = micros(keyTTL(u))
 	w, sup := micros(u.Window), micros(u.Suppress)
 	h := m.hash(u.EventID)
 
@@ -83,6 +109,9 @@ func (m *Memory) apply(u Update) Result {
 	if g.zoned(u.Time, sup) {
 		g.suppressed = insert(g.suppressed, event{time: u.Time, hash: h, id: u.EventID})
 		g.seen.add(h, u.EventID)
+		if over := len(g.suppressed) - maxSuppressed; over > 0 {
+			g.suppressed = g.drop(g.suppressed, over)
+		}
 		g.sinceAlert++
 		return Result{Outcome: Suppressed}
 	}

@@ -74,3 +74,27 @@ func benchmarkMemoryApply(b *testing.B, groups int, distinct bool) {
 		b.Fatal("nothing fired: the benchmark does not exercise bursts")
 	}
 }
+
+func TestMemoryForgetsGroupsIdleLongerThanTheirKeyTTL(t *testing.T) {
+	t.Parallel()
+	m := NewMemory()
+	r := rule{key: "ab", count: 3, window: time.Minute, suppress: time.Minute}
+	if _, err := m.Apply(t.Context(), []Update{r.ev("old", 0)}); err != nil {
+		t.Fatal(err)
+	}
+	// Enough updates on another group, far later in event time, to sweep.
+	other := rule{key: "cd", count: 1000, window: time.Minute}
+	var batch []Update
+	for i := range sweepEvery {
+		batch = append(batch, other.ev(fmt.Sprintf("o%d", i), 86400+float64(i)*0.001))
+	}
+	if _, err := m.Apply(t.Context(), batch); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.groups["ab"]; ok {
+		t.Error("a group idle for a day is still kept")
+	}
+	if _, ok := m.groups["cd"]; !ok {
+		t.Error("the active group was forgotten")
+	}
+}

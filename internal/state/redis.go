@@ -87,7 +87,7 @@ func (r *Redis) exec(ctx context.Context, updates []Update) ([]*redis.Cmd, error
 		cmds[i] = r.script.EvalSha(ctx, pipe, keys,
 			u.EventID, u.Time, u.Value, distinct, u.Count,
 			micros(u.Window), micros(u.Suppress), retention(u.Window),
-			keyTTL(u).Milliseconds(), maxEvents, maxBursts, MaxEventIDs)
+			keyTTL(u).Milliseconds(), maxEvents, maxBursts, MaxEventIDs, maxSuppressed)
 	}
 	_, err := pipe.Exec(ctx)
 	return cmds, err

@@ -329,6 +329,32 @@ func testStore(t *testing.T, newStore func(t *testing.T) store) {
 		}
 	})
 
+	t.Run("a flood of suppressed events keeps at most 4096 suppressed ids, dropping the oldest", func(t *testing.T) {
+		t.Parallel()
+		s := newStore(t)
+		flood := rule{key: "c4", count: 1, window: time.Hour, suppress: time.Hour}
+		batch := []Update{flood.ev("alert", 0)}
+		for i := range maxSuppressed + 1 {
+			batch = append(batch, flood.ev(fmt.Sprintf("s%05d", i), 1+float64(i)*0.001))
+		}
+		got, err := s.Apply(t.Context(), batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got[0].Outcome != Fired || got[len(got)-1].Outcome != Suppressed {
+			t.Fatalf("first %+v, last %+v; want fired, then suppressed", got[0], got[len(got)-1])
+		}
+		// The oldest suppressed id was forgotten: delivered again it is
+		// suppressed again; a kept one is a duplicate.
+		got, err = s.Apply(t.Context(), []Update{flood.ev("s00000", 1), flood.ev("s00001", 1.001)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := []Result{suppressed, duplicate}; !reflect.DeepEqual(got, want) {
+			t.Fatalf("got %+v, want %+v", got, want)
+		}
+	})
+
 	t.Run("a group remembers only the 16 most recent alerts", func(t *testing.T) {
 		t.Parallel()
 		s := newStore(t)

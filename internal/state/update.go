@@ -28,6 +28,11 @@ import (
 const (
 	// maxEvents bounds the events a group remembers; the oldest go first.
 	maxEvents = 4096
+	// maxSuppressed bounds the suppressed ids a group remembers (the
+	// oldest go first), so a sustained flood on one group costs bounded
+	// memory; an id forgotten and delivered again counts as suppressed
+	// again, which only overstates a suppressed count.
+	maxSuppressed = 4096
 	// maxBursts bounds the alerted bursts a group remembers for
 	// suppression and for answering a redelivered trigger event.
 	maxBursts = 16
