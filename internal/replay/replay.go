@@ -212,14 +212,15 @@ func (c *chunk) decode(maxBytes int) {
 }
 
 // readChunks reads every input in order and sends each chunk to both
-// channels: to a worker to decode, and to the engine in order.
+// channels: to a worker to decode, then to the engine in order.
 func readChunks(ctx context.Context, inputs []Input, maxBytes int, work, ordered chan<- *chunk) error {
 	c := &chunk{done: make(chan struct{})}
 	send := func() error {
 		if len(c.lines) == 0 {
 			return nil
 		}
-		for _, ch := range []chan<- *chunk{ordered, work} {
+		// To a worker first: a chunk the engine waits for must be decoded.
+		for _, ch := range []chan<- *chunk{work, ordered} {
 			select {
 			case ch <- c:
 			case <-ctx.Done():
