@@ -16,6 +16,7 @@ type metrics struct {
 	processed        prometheus.Counter
 	consumed         prometheus.Counter
 	alerts           *prometheus.CounterVec
+	ruleAlerts       *prometheus.CounterVec
 	consumerStatus   prometheus.Gauge
 	redisStatus      prometheus.Gauge
 	publisherStatus  prometheus.Gauge
@@ -53,8 +54,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		alerts: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "audit_analysis_alerts_total",
-			Help: "Alerts published and confirmed by the broker, by rule category (alert_type), severity and rule id.",
-		}, []string{"alert_type", "severity", "rule_id"}),
+			Help: "Alerts published and confirmed by the broker, by rule category (alert_type) and severity.",
+		}, []string{"alert_type", "severity"}),
+		ruleAlerts: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "audit_analysis_rule_alerts_total",
+			Help: "Alerts published and confirmed by the broker, by rule id.",
+		}, []string{"rule_id"}),
 		consumerStatus: f.NewGauge(prometheus.GaugeOpts{
 			Name: "audit_analysis_rabbitmq_consumer_connection_status",
 			Help: "1 when the consumer's RabbitMQ connection is up, else 0.",

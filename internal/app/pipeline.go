@@ -148,7 +148,8 @@ func (p *pipeline) Handle(ctx context.Context, batch []broker.Delivery) ([]broke
 	}
 	for _, f := range out.Alerts {
 		a := f.Alert
-		p.metrics.alerts.WithLabelValues(f.Rule.Category, a.Severity, a.AnalysisRule.RuleID).Inc()
+		p.metrics.alerts.WithLabelValues(f.Rule.Category, a.Severity).Inc()
+		p.metrics.ruleAlerts.WithLabelValues(f.Rule.ID()).Inc()
 		p.logger.Info("alert published",
 			"alert_id", a.AlertID, "rule_id", a.AnalysisRule.RuleID, "severity", a.Severity,
 			"actor_id", a.TriggeredBy.ActorID, "server_hostname", a.ImpactedResource.ServerHostname,

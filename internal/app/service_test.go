@@ -424,15 +424,15 @@ func TestServiceDetectsBurstsAndSensitiveFilesEndToEnd(t *testing.T) {
 
 	for _, base := range []string{s.appURL, s.promURL} {
 		for series, want := range map[string]float64{
-			"audit_analysis_processed_total":                  8,
-			"audit_analysis_rabbitmq_messages_consumed_total": 11,
-			`audit_analysis_alerts_total{alert_type="failed_login_burst",rule_id="ANLY-SEC-001",severity="CRITICAL"}`:      1,
-			`audit_analysis_alerts_total{alert_type="sensitive_file_modified",rule_id="ANLY-SEC-002",severity="CRITICAL"}`: 2,
-			"audit_analysis_rabbitmq_consumer_connection_status":                                                           1,
-			"audit_analysis_redis_connection_status":                                                                       1,
-			`audit_analysis_rejected_messages_total{reason="invalid_json"}`:                                                1,
-			`audit_analysis_rejected_messages_total{reason="not_object"}`:                                                  1,
-			`audit_analysis_rejected_messages_total{reason="invalid_utf8"}`:                                                1,
+			"audit_analysis_processed_total":                                                        8,
+			"audit_analysis_rabbitmq_messages_consumed_total":                                       11,
+			`audit_analysis_alerts_total{alert_type="failed_login_burst",severity="CRITICAL"}`:      1,
+			`audit_analysis_alerts_total{alert_type="sensitive_file_modified",severity="CRITICAL"}`: 2,
+			"audit_analysis_rabbitmq_consumer_connection_status":                                    1,
+			"audit_analysis_redis_connection_status":                                                1,
+			`audit_analysis_rejected_messages_total{reason="invalid_json"}`:                         1,
+			`audit_analysis_rejected_messages_total{reason="not_object"}`:                           1,
+			`audit_analysis_rejected_messages_total{reason="invalid_utf8"}`:                         1,
 		} {
 			if got := metric(t, base, series); got != want {
 				t.Errorf("%s %s = %v, want %v", base, series, got, want)

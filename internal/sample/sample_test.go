@@ -352,17 +352,23 @@ func TestOnlyTheScenariosForTheExampleRulesRaiseTheirAlerts(t *testing.T) {
 			t.Fatal(err)
 		}
 		i, ok := scenarioOf[a.CorrelationID]
-		if !ok || (plan.Scenarios[i].Kind != sample.PasswordSpray && plan.Scenarios[i].Kind != sample.ExampleFileEdit) {
-			t.Errorf("%s raised for event %s, which is no spray or example file edit", a.AnalysisRule.RuleID, a.CorrelationID)
+		if !ok || !exampleScenario(plan.Scenarios[i].Kind) {
+			t.Errorf("%s raised for event %s, which is no spray or sensitive file edit", a.AnalysisRule.RuleID, a.CorrelationID)
 			continue
 		}
 		raised[i] = true
 	}
 	for i, s := range plan.Scenarios {
-		if (s.Kind == sample.PasswordSpray || s.Kind == sample.ExampleFileEdit) && !raised[i] {
+		if exampleScenario(s.Kind) && !raised[i] {
 			t.Errorf("round %d: no alert for %s", s.Round, s.Note)
 		}
 	}
+}
+
+// exampleScenario reports whether the example rules alert on a scenario:
+// the spray, and edits of every file EX-FILE-001 watches.
+func exampleScenario(k sample.Kind) bool {
+	return k == sample.PasswordSpray || k == sample.ExampleFileEdit || k == sample.SensitiveFileEdit
 }
 
 func TestThePlanForTheCommittedSample(t *testing.T) {
