@@ -13,6 +13,7 @@ import (
 	"github.com/audit-platform/audit-log-analysis/internal/broker"
 	"github.com/audit-platform/audit-log-analysis/internal/event"
 	"github.com/audit-platform/audit-log-analysis/internal/rules"
+	"github.com/audit-platform/audit-log-analysis/internal/state"
 )
 
 // Publisher sends messages and returns once the broker has confirmed every
@@ -46,6 +47,35 @@ type pipeline struct {
 	onStoreResult func(ok bool)
 }
 
+// isolate runs the events one at a time after the state store refused the
+// batch as invalid, which no retry can change: the events it refuses are
+// dead-lettered and the others processed, in order, so one event can never
+// hold the queue.
+func (p *pipeline) isolate(ctx context.Context, events []*event.Event, index []int, rejected []rejection, now time.Time) (rules.Output, []rejection, error) {
+	var all rules.Output
+	for i, ev := range events {
+		out, err := p.engine.Process(ctx, []*event.Event{ev}, now)
+		if errors.Is(err, state.ErrInvalidUpdate) {
+			rejected = append(rejected, rejection{index: index[i], reason: event.ReasonUnprocessable, err: err})
+			continue
+		}
+		if err != nil {
+			return rules.Output{}, nil, err
+		}
+		all.Alerts = append(all.Alerts, out.Alerts...)
+		all.Clamped += out.Clamped
+		all.InvalidTimestamps += out.InvalidTimestamps
+		all.Duplicates += out.Duplicates
+		for id, n := range out.Suppressed {
+			if all.Suppressed == nil {
+				all.Suppressed = map[string]int{}
+			}
+			all.Suppressed[id] += n
+		}
+	}
+	return all, rejected, nil
+}
+
 // rejection is a delivery that can never be processed.
 type rejection struct {
 	index  int
@@ -57,6 +87,7 @@ func (p *pipeline) Handle(ctx context.Context, batch []broker.Delivery) ([]broke
 	start := p.now()
 	disps := make([]broker.Disposition, len(batch))
 	events := make([]*event.Event, 0, len(batch))
+	index := make([]int, 0, len(batch)) // events[i] is batch[index[i]]
 	var rejected []rejection
 	for i, d := range batch {
 		ev, err := event.Decode(d.Body, p.maxBodyBytes)
@@ -70,9 +101,13 @@ func (p *pipeline) Handle(ctx context.Context, batch []broker.Delivery) ([]broke
 			continue
 		}
 		events = append(events, ev)
+		index = append(index, i)
 	}
 
 	out, err := p.engine.Process(ctx, events, start)
+	if errors.Is(err, state.ErrInvalidUpdate) {
+		out, rejected, err = p.isolate(ctx, events, index, rejected, start)
+	}
 	if err != nil {
 		p.metrics.batchRetries.WithLabelValues("state_store").Inc()
 		if p.onStoreResult != nil {

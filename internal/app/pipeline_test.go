@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/audit-platform/audit-log-analysis/internal/broker"
+	"github.com/audit-platform/audit-log-analysis/internal/event"
 	"github.com/audit-platform/audit-log-analysis/internal/rules"
 	"github.com/audit-platform/audit-log-analysis/internal/state"
 	rulefiles "github.com/audit-platform/audit-log-analysis/rules"
@@ -121,5 +123,37 @@ func TestPipelineFailsTheWholeBatchWhenPublishingFailsAndCountsOnce(t *testing.T
 	}
 	if got := testutil.ToFloat64(m.publishFailures); got != 1 {
 		t.Errorf("publish failures = %v, want 1", got)
+	}
+}
+
+// poisonEngine refuses, as invalid, any batch holding the event "poison".
+type poisonEngine struct{ inner Engine }
+
+func (p poisonEngine) Process(ctx context.Context, evs []*event.Event, now time.Time) (rules.Output, error) {
+	for _, ev := range evs {
+		if ev.ID == "poison" {
+			return rules.Output{}, fmt.Errorf("apply: %w", state.ErrInvalidUpdate)
+		}
+	}
+	return p.inner.Process(ctx, evs, now)
+}
+
+func TestPipelineDeadLettersAnEventTheStoreRefusesAndProcessesTheRest(t *testing.T) {
+	t.Parallel()
+	pub := &fakePublisher{}
+	p, m := newTestPipeline(t, pub, "dead")
+	p.engine = poisonEngine{inner: p.engine}
+	disps, err := p.Handle(context.Background(), deliveries(`{"event_id":"poison"}`, shadowEdit))
+	if err != nil {
+		t.Fatalf("Handle: %v (a permanent refusal must not fail the batch forever)", err)
+	}
+	if disps[0] != broker.Ack || disps[1] != broker.Ack {
+		t.Errorf("dispositions = %v", disps)
+	}
+	if len(pub.got) != 1 || len(pub.got[0]) != 2 || pub.got[0][1].Headers["x-rejection-reason"] != "unprocessable" {
+		t.Fatalf("published %+v, want the alert and one dead letter", pub.got)
+	}
+	if got := testutil.ToFloat64(m.rejected.WithLabelValues("unprocessable")); got != 1 {
+		t.Errorf("rejected{unprocessable} = %v", got)
 	}
 }

@@ -70,10 +70,14 @@ const (
 	ReasonInvalidJSON Reason = "invalid_json"
 	ReasonNotObject   Reason = "not_object"
 	ReasonWrongType   Reason = "wrong_type"
+	// ReasonUnprocessable is not a decoding failure: the event decoded,
+	// but the state store refuses what the rules make of it. It is there
+	// so that such an event is dead-lettered instead of holding the queue.
+	ReasonUnprocessable Reason = "unprocessable"
 )
 
 // Reasons lists every Reason, for pre-creating metric series.
-var Reasons = []Reason{ReasonTooLarge, ReasonEmpty, ReasonInvalidUTF8, ReasonInvalidJSON, ReasonNotObject, ReasonWrongType}
+var Reasons = []Reason{ReasonTooLarge, ReasonEmpty, ReasonInvalidUTF8, ReasonInvalidJSON, ReasonNotObject, ReasonWrongType, ReasonUnprocessable}
 
 // DecodeError is a permanent failure: the same body will never decode.
 type DecodeError struct {
