@@ -180,18 +180,28 @@ func metric(t *testing.T, base, series string) float64 {
 	return -1
 }
 
-// publish sends raw bodies to a queue with confirms.
-func publish(t *testing.T, queue string, bodies ...[]byte) {
+// openChannel opens a connection and channel to the test broker; the
+// caller closes the connection (a consumer left open would take the next
+// caller's messages).
+func openChannel(t *testing.T) (*amqp.Channel, func()) {
 	t.Helper()
 	conn, err := amqp.Dial(testenv.RabbitMQURL(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
 	ch, err := conn.Channel()
 	if err != nil {
+		conn.Close()
 		t.Fatal(err)
 	}
+	return ch, func() { conn.Close() }
+}
+
+// publish sends raw bodies to a queue with confirms.
+func publish(t *testing.T, queue string, bodies ...[]byte) {
+	t.Helper()
+	ch, done := openChannel(t)
+	defer done()
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
 	}
@@ -214,15 +224,8 @@ func publish(t *testing.T, queue string, bodies ...[]byte) {
 // queue stays quiet for quiet after that; it fails past timeout.
 func collect(t *testing.T, queue string, want int, quiet, timeout time.Duration) []amqp.Delivery {
 	t.Helper()
-	conn, err := amqp.Dial(testenv.RabbitMQURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch, done := openChannel(t)
+	defer done()
 	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -253,15 +256,8 @@ func collect(t *testing.T, queue string, want int, quiet, timeout time.Duration)
 
 func queueDepth(t *testing.T, queue string) int {
 	t.Helper()
-	conn, err := amqp.Dial(testenv.RabbitMQURL(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch, done := openChannel(t)
+	defer done()
 	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
 	if err != nil {
 		t.Fatal(err)
