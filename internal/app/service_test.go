@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -747,5 +748,52 @@ func TestServiceAndReplayProduceTheSameAlerts(t *testing.T) {
 	}
 	if n := len(collect(t, s.deadQueue, 3, time.Second, 30*time.Second)); n != 3 {
 		t.Errorf("dead letters = %d, want the 3 malformed lines", n)
+	}
+}
+
+func TestServiceRidesOutARabbitMQOutage(t *testing.T) {
+	t.Parallel()
+	redisAddr := testenv.RedisAddr(t)
+	env := serviceEnv(t, redisAddr)
+	u, err := amqp.ParseURI(testenv.RabbitMQURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := testenv.StartProxy(t, net.JoinHostPort(u.Host, strconv.Itoa(u.Port)))
+	host, port, _ := net.SplitHostPort(proxy.Addr())
+	env["RABBITMQ_HOST"], env["RABBITMQ_PORT"] = host, port
+	s := startService(t, env)
+	t.Cleanup(func() { deleteKeys(t, redisAddr, s.prefix) })
+
+	// The network to the broker fails: every connection cut, new ones
+	// refused.
+	proxy.SetRefuse(true)
+	proxy.Cut()
+	s.waitStatus(http.StatusServiceUnavailable, 10*time.Second)
+	if _, body := s.health(); body["rabbitmq_connected"] != false || body["redis_connected"] != true {
+		t.Errorf("/healthz during the outage = %v", body)
+	}
+	if resp, err := http.Get(s.appURL + "/livez"); err != nil || resp.StatusCode != http.StatusOK {
+		t.Errorf("/livez during the outage: %v %v, want 200", resp, err)
+	}
+	if got := metric(t, s.promURL, "audit_analysis_rabbitmq_consumer_connection_status"); got != 0 {
+		t.Errorf("consumer connection status during the outage = %v, want 0", got)
+	}
+
+	// Events sent meanwhile wait in the queue and are analysed once the
+	// service is back, without anyone restarting it.
+	base := time.Now().UTC().Add(-time.Minute)
+	for i := range 3 {
+		publish(t, s.queue, ev(uuidFor(300+i), base.Add(time.Duration(i)*time.Second).Format(time.RFC3339Nano),
+			"user_login", "FAILURE", "trudy", "prod-app-01", nil))
+	}
+	proxy.SetRefuse(false)
+	s.waitHealthy(30 * time.Second)
+	alerts := decodeAlerts(t, collect(t, s.alertQueue, 1, 2*time.Second, 30*time.Second))
+	if len(alerts) != 1 || alerts[0]["correlation_id"] != uuidFor(302) {
+		t.Fatalf("after the outage got %v, want one alert triggered by event 302", alerts)
+	}
+	if got := metric(t, s.promURL, "audit_analysis_rabbitmq_consumer_connection_status"); got != 1 {
+		t.Errorf("consumer connection status after the outage = %v, want 1", got)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/audit-platform/audit-log-analysis/internal/testenv"
 )
 
 func TestConsumerAcksBatchesAndEmptiesTheQueue(t *testing.T) {
@@ -251,7 +253,7 @@ func TestConsumerReconnectsAfterTheConnectionIsCut(t *testing.T) {
 	t.Parallel()
 	a := newAdmin(t)
 	q := a.queue("q", true)
-	px := startProxy(t, brokerAddr(t, a.url))
+	px := testenv.StartProxy(t, brokerAddr(t, a.url))
 	first := ids("a", 5)
 	a.publish(q, first...)
 
@@ -279,7 +281,7 @@ func TestConsumerReconnectsAfterTheConnectionIsCut(t *testing.T) {
 		return rec.Handle(ctx, batch)
 	})
 	c, err := NewConsumer(ConsumerConfig{
-		URL: px.url(t, a.url), Queue: q, Prefetch: 5, BatchSize: 5, BatchWait: 50 * time.Millisecond,
+		URL: px.URL(t, a.url), Queue: q, Prefetch: 5, BatchSize: 5, BatchWait: 50 * time.Millisecond,
 		Logger: testLogger(t), OnConnection: events.on, Backoff: fastBackoff,
 	})
 	if err != nil {
@@ -291,10 +293,10 @@ func TestConsumerReconnectsAfterTheConnectionIsCut(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("handler never called")
 	}
-	px.setRefuse(true)
-	px.cut()
+	px.SetRefuse(true)
+	px.Cut()
 	time.Sleep(300 * time.Millisecond) // a few failed reconnection attempts
-	px.setRefuse(false)
+	px.SetRefuse(false)
 	waitFor(t, 10*time.Second, "reconnection", events.are(true, false, true))
 
 	second := ids("b", 5)
@@ -519,7 +521,7 @@ func TestConsumerDropsAFailingBatchWhenItsChannelCloses(t *testing.T) {
 	t.Parallel()
 	a := newAdmin(t)
 	q := a.queue("q", true)
-	px := startProxy(t, brokerAddr(t, a.url))
+	px := testenv.StartProxy(t, brokerAddr(t, a.url))
 	a.publish(q, "m0")
 
 	var events connEvents
@@ -545,7 +547,7 @@ func TestConsumerDropsAFailingBatchWhenItsChannelCloses(t *testing.T) {
 		return nil, errors.New("store unavailable")
 	})
 	c, err := NewConsumer(ConsumerConfig{
-		URL: px.url(t, a.url), Queue: q, Prefetch: 1, Logger: testLogger(t),
+		URL: px.URL(t, a.url), Queue: q, Prefetch: 1, Logger: testLogger(t),
 		OnConnection: func(up bool) {
 			events.on(up)
 			mu.Lock()
@@ -563,7 +565,7 @@ func TestConsumerDropsAFailingBatchWhenItsChannelCloses(t *testing.T) {
 		defer mu.Unlock()
 		return failed >= 2
 	})
-	px.cut()
+	px.Cut()
 	waitFor(t, 10*time.Second, "reconnection", events.are(true, false, true))
 	waitFor(t, 10*time.Second, "the redelivered message handled", func() bool {
 		mu.Lock()

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/audit-platform/audit-log-analysis/internal/testenv"
 )
 
 func newTestPublisher(t *testing.T, cfg PublisherConfig) *Publisher {
@@ -170,16 +172,16 @@ func TestPublisherReconnectsAfterTheConnectionIsCut(t *testing.T) {
 	t.Parallel()
 	a := newAdmin(t)
 	q := a.queue("alerts", false)
-	px := startProxy(t, brokerAddr(t, a.url))
+	px := testenv.StartProxy(t, brokerAddr(t, a.url))
 	var events connEvents
-	p := newTestPublisher(t, PublisherConfig{URL: px.url(t, a.url), Queues: []string{q}, OnConnection: events.on})
+	p := newTestPublisher(t, PublisherConfig{URL: px.URL(t, a.url), Queues: []string{q}, OnConnection: events.on})
 	runPublisher(t, p)
 	waitFor(t, 10*time.Second, "connection", p.Connected)
 	if err := p.Publish(context.Background(), []Message{{Queue: q, MessageID: "before", Body: []byte("{}")}}); err != nil {
 		t.Fatalf("Publish: %v", err)
 	}
 
-	px.cut()
+	px.Cut()
 	waitFor(t, 10*time.Second, "loss reported", func() bool { return slices.Contains(events.get(), false) })
 	// The caller retries the whole set until it is confirmed.
 	deadline := time.Now().Add(10 * time.Second)
@@ -209,12 +211,12 @@ func TestPublisherTimesOutWhenConfirmsDoNotCome(t *testing.T) {
 	t.Parallel()
 	a := newAdmin(t)
 	q := a.queue("alerts", false)
-	px := startProxy(t, brokerAddr(t, a.url))
-	p := newTestPublisher(t, PublisherConfig{URL: px.url(t, a.url), Queues: []string{q}, ConfirmTimeout: 300 * time.Millisecond})
+	px := testenv.StartProxy(t, brokerAddr(t, a.url))
+	p := newTestPublisher(t, PublisherConfig{URL: px.URL(t, a.url), Queues: []string{q}, ConfirmTimeout: 300 * time.Millisecond})
 	runPublisher(t, p)
 	waitFor(t, 10*time.Second, "connection", p.Connected)
 
-	px.setPaused(true)
+	px.SetPaused(true)
 	begin := time.Now()
 	err := p.Publish(context.Background(), []Message{{Queue: q, MessageID: "stuck", Body: []byte("{}")}})
 	if !errors.Is(err, context.DeadlineExceeded) {
@@ -223,7 +225,7 @@ func TestPublisherTimesOutWhenConfirmsDoNotCome(t *testing.T) {
 	if d := time.Since(begin); d > 2*time.Second {
 		t.Errorf("Publish took %s, want about the 300ms confirm timeout", d)
 	}
-	px.setPaused(false)
+	px.SetPaused(false)
 	if err := p.Publish(context.Background(), []Message{{Queue: q, MessageID: "flowing", Body: []byte("{}")}}); err != nil {
 		t.Fatalf("Publish once the broker answers again: %v", err)
 	}

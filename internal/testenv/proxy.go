@@ -1,4 +1,4 @@
-package broker
+package testenv
 
 import (
 	"net"
@@ -8,10 +8,10 @@ import (
 	"time"
 )
 
-// proxy forwards TCP connections to the broker and can fail them the way a
+// Proxy forwards TCP connections to the broker and can fail them the way a
 // network would: cut every connection, refuse new ones, or stop forwarding
 // bytes without closing anything.
-type proxy struct {
+type Proxy struct {
 	ln     net.Listener
 	target string
 
@@ -24,15 +24,15 @@ type proxy struct {
 	wg      sync.WaitGroup
 }
 
-// startProxy listens on a free local port and forwards to target
+// StartProxy listens on a free local port and forwards to target
 // (host:port). It is stopped when the test ends.
-func startProxy(t *testing.T, target string) *proxy {
+func StartProxy(t testing.TB, target string) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("proxy listen: %v", err)
 	}
-	p := &proxy{ln: ln, target: target, conns: make(map[net.Conn]struct{})}
+	p := &Proxy{ln: ln, target: target, conns: make(map[net.Conn]struct{})}
 	p.cond = sync.NewCond(&p.mu)
 	p.wg.Add(1)
 	go p.accept()
@@ -40,8 +40,8 @@ func startProxy(t *testing.T, target string) *proxy {
 	return p
 }
 
-// url returns brokerURL with its host replaced by the proxy's address.
-func (p *proxy) url(t *testing.T, brokerURL string) string {
+// URL returns brokerURL with its host replaced by the proxy's address.
+func (p *Proxy) URL(t testing.TB, brokerURL string) string {
 	t.Helper()
 	u, err := url.Parse(brokerURL)
 	if err != nil {
@@ -51,7 +51,7 @@ func (p *proxy) url(t *testing.T, brokerURL string) string {
 	return u.String()
 }
 
-func (p *proxy) accept() {
+func (p *Proxy) accept() {
 	defer p.wg.Done()
 	for {
 		c, err := p.ln.Accept()
@@ -86,7 +86,7 @@ func (p *proxy) accept() {
 	}
 }
 
-func (p *proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn) {
 	defer p.wg.Done()
 	defer dst.Close()
 	defer src.Close()
@@ -109,8 +109,8 @@ func (p *proxy) pipe(dst, src net.Conn) {
 	}
 }
 
-// cut closes every forwarded connection, as a network failure would.
-func (p *proxy) cut() {
+// Cut closes every forwarded connection, as a network failure would.
+func (p *Proxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for c := range p.conns {
@@ -119,29 +119,32 @@ func (p *proxy) cut() {
 	clear(p.conns)
 }
 
-// setRefuse makes the proxy close new connections at once (true) or
+// SetRefuse makes the proxy close new connections at once (true) or
 // forward them again (false).
-func (p *proxy) setRefuse(refuse bool) {
+func (p *Proxy) SetRefuse(refuse bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.refuse = refuse
 }
 
-// setPaused stops forwarding bytes in both directions without closing
+// SetPaused stops forwarding bytes in both directions without closing
 // anything (true), or resumes (false).
-func (p *proxy) setPaused(paused bool) {
+func (p *Proxy) SetPaused(paused bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.paused = paused
 	p.cond.Broadcast()
 }
 
-func (p *proxy) stop() {
+func (p *Proxy) stop() {
 	p.ln.Close()
 	p.mu.Lock()
 	p.stopped = true
 	p.cond.Broadcast()
 	p.mu.Unlock()
-	p.cut()
+	p.Cut()
 	p.wg.Wait()
 }
+
+// Addr returns the proxy's host:port.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
