@@ -231,3 +231,28 @@ func TestOverridesRetuneTheBuiltInRules(t *testing.T) {
 		t.Error("SENSITIVE_FILES override does not match literal paths only")
 	}
 }
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(rulefiles.Default))
+	f.Add([]byte("rules:\n  - id: X\n    severity: HIGH\n    match: {client_ip: {cidr: [10.0.0.0/8]}}\n    threshold: {count: 2, window: 1m, distinct: user_id}\n"))
+	f.Add([]byte("rules: [1, {id: [x]}, {match: {a.b: {regex: '('}}}]"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		set, err := Parse("fuzz.yaml", data)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "fuzz.yaml") {
+				t.Fatalf("error does not name the file: %v", err)
+			}
+			return
+		}
+		ids := map[string]bool{}
+		for _, r := range set.Rules {
+			if r.ID() == "" || ids[r.ID()] || r.Alert.Severity == "" || len(r.Match) == 0 {
+				t.Fatalf("accepted an invalid rule: %+v", r)
+			}
+			ids[r.ID()] = true
+			if th := r.Threshold; th != nil && (th.Count < 1 || th.Window <= 0) {
+				t.Fatalf("accepted an invalid threshold: %+v", th)
+			}
+		}
+	})
+}
