@@ -4,9 +4,11 @@
 -- KEYS[1] events:     sorted set, event id -> time (µs)
 -- KEYS[2] values:     hash, event id -> value, for distinct rules only
 -- KEYS[3] suppressed: sorted set, suppressed event id -> time (µs)
--- KEYS[4] meta:       cmsgpack {suppressed since last burst, bursts}, a burst
---                     being {start, end, count, first id, trigger id,
---                     suppressed, ids}
+-- KEYS[4] meta:       cmsgpack {suppressed since last burst, bursts, count,
+--                     suppress, wide}, a burst being {start, end, count,
+--                     first id, trigger id, suppressed, ids}; count and
+--                     suppress are the rule's last seen, wide is 1 once a
+--                     burst was forgotten or they changed
 -- ARGV: event id, time, value, distinct (1/0), count, window µs, suppress µs,
 --       retention µs, key ttl ms, max events, max bursts, max ids,
 --       max suppressed ids
@@ -66,6 +68,17 @@ local bursts = meta[2]
 
 local function save()
   redis.call('SET', mk, cmsgpack.pack(meta), 'PX', ttl)
+end
+
+-- A group whose rule changed its count or suppression (a reload) is wide:
+-- see step 5.
+local wide = meta[5] == 1
+if meta[3] ~= need or meta[4] ~= sup then
+  if meta[3] ~= nil then
+    wide = true
+  end
+  meta[3], meta[4], meta[5] = need, sup, wide and 1 or 0
+  save()
 end
 
 local function zoned(x)
@@ -139,24 +152,82 @@ end
 
 -- 5. Candidates: events less than a window away, outside suppression zones,
 -- in (time, id) order.
-local found = redis.call('ZRANGEBYSCORE', ek, '(' .. score(t - w), '(' .. score(t + w), 'WITHSCORES')
-local cids, ctimes = {}, {}
-for i = 1, #found, 2 do
-  local x = tonumber(found[i + 1])
-  if not zoned(x) then
-    cids[#cids + 1] = found[i]
-    ctimes[#ctimes + 1] = x
+--
+-- A distinct rule with suppression narrows them to those strictly between
+-- the nearest other candidates with the event's value, before and after it
+-- (walked outwards a page at a time), so a flood of one value costs little.
+-- That changes no answer: no window of earlier candidates holds the
+-- threshold (it would have fired and be in a suppression zone now), so a
+-- window that reaches it must gain this event's value from this event and
+-- cannot hold another event with that value. A wide group, where a
+-- forgotten burst or a changed rule voids that premise, scans everything.
+local cids, ctimes, cvals = {}, {}, {}
+if distinct and sup > 0 and not wide then
+  local function walk(from, to, rev, out)
+    -- Under a flood the first other event is usually the stop: start small.
+    local off, page = 0, 4
+    while true do
+      local got
+      if rev then
+        got = redis.call('ZREVRANGEBYSCORE', ek, from, to, 'WITHSCORES', 'LIMIT', off, page)
+      else
+        got = redis.call('ZRANGEBYSCORE', ek, from, to, 'WITHSCORES', 'LIMIT', off, page)
+      end
+      if #got == 0 then
+        return
+      end
+      local ids = {}
+      for i = 1, #got, 2 do
+        ids[#ids + 1] = got[i]
+      end
+      local vals = redis.call('HMGET', vk, unpack(ids))
+      for k = 1, #ids do
+        local x = tonumber(got[2 * k])
+        if not zoned(x) then
+          local v = vals[k] or ''
+          if ids[k] ~= id and v == value then
+            return
+          end
+          out[#out + 1] = {ids[k], x, v}
+        end
+      end
+      if #got < 2 * page then
+        return
+      end
+      off = off + page
+      page = math.min(page * 4, 256)
+    end
   end
-end
-if #cids < need then
-  return {0}
-end
-local cvals = {}
-if distinct then
-  for i = 1, #cids, chunk do
-    local got = redis.call('HMGET', vk, unpack(cids, i, math.min(i + chunk - 1, #cids)))
-    for _, v in ipairs(got) do
-      cvals[#cvals + 1] = v or ''
+  local back, fwd = {}, {}
+  walk(score(t), '(' .. score(t - w), true, back)
+  walk('(' .. score(t), '(' .. score(t + w), false, fwd)
+  for i = #back, 1, -1 do
+    cids[#cids + 1], ctimes[#ctimes + 1], cvals[#cvals + 1] = back[i][1], back[i][2], back[i][3]
+  end
+  for i = 1, #fwd do
+    cids[#cids + 1], ctimes[#ctimes + 1], cvals[#cvals + 1] = fwd[i][1], fwd[i][2], fwd[i][3]
+  end
+  if #cids < need then
+    return {0}
+  end
+else
+  local found = redis.call('ZRANGEBYSCORE', ek, '(' .. score(t - w), '(' .. score(t + w), 'WITHSCORES')
+  for i = 1, #found, 2 do
+    local x = tonumber(found[i + 1])
+    if not zoned(x) then
+      cids[#cids + 1] = found[i]
+      ctimes[#ctimes + 1] = x
+    end
+  end
+  if #cids < need then
+    return {0}
+  end
+  if distinct then
+    for i = 1, #cids, chunk do
+      local got = redis.call('HMGET', vk, unpack(cids, i, math.min(i + chunk - 1, #cids)))
+      for _, v in ipairs(got) do
+        cvals[#cvals + 1] = v or ''
+      end
     end
   end
 end
@@ -190,6 +261,7 @@ for i = 1, #cids do
     bursts[#bursts + 1] = b
     while #bursts > maxBursts do
       table.remove(bursts, 1)
+      meta[5] = 1
     end
     meta[1] = 0
     save()

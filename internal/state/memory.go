@@ -24,6 +24,9 @@ type Memory struct {
 	// events does not allocate per update.
 	cands  []event
 	values map[string]int
+	// fullScan turns the narrowing of distinct candidates off, for tests
+	// comparing the two.
+	fullScan bool
 }
 
 // NewMemory returns an empty in-memory store.
@@ -51,6 +54,13 @@ type group struct {
 	// last is the newest time applied to the group and ttl how long after
 	// it the group is kept: Redis's key TTL, in event time.
 	last, ttl int64
+	// count and suppress are the rule's last seen; wide is set once a
+	// burst was forgotten or they changed (a reload), after which windows
+	// of earlier events may hold the threshold without having fired, and
+	// distinct updates scan every candidate (see distinctCandidates).
+	count    int
+	suppress int64
+	wide     bool
 }
 
 // sweepEvery is how many updates pass between sweeps of idle groups.
@@ -94,6 +104,10 @@ func (m *Memory) apply(u Update) Result {
 	}
 	g.last = max(g.last, u.Time)
 	g.ttl = micros(keyTTL(u))
+	if g.count != 0 && (g.count != u.Count || g.suppress != micros(u.Suppress)) {
+		g.wide = true
+	}
+	g.count, g.suppress = u.Count, micros(u.Suppress)
 	w, sup := micros(u.Window), micros(u.Suppress)
 	h := m.hash(u.EventID)
 
@@ -124,7 +138,12 @@ func (m *Memory) apply(u Update) Result {
 	g.seen.add(h, u.EventID)
 	g.prune(retention(u.Window))
 
-	cands := m.candidates(g, u.Time, w, sup)
+	var cands []event
+	if u.Distinct && sup > 0 && !g.wide && !m.fullScan {
+		cands = m.distinctCandidates(g, u, w, sup)
+	} else {
+		cands = m.candidates(g, u.Time, w, sup)
+	}
 	if len(cands) < u.Count {
 		return Result{Outcome: Below} // no window can hold more than all candidates
 	}
@@ -140,6 +159,7 @@ func (m *Memory) apply(u Update) Result {
 	if over := len(g.bursts) - maxBursts; over > 0 {
 		g.bursts = slices.Delete(g.bursts, 0, over)
 		g.spans = slices.Delete(g.spans, 0, over)
+		g.wide = true
 	}
 	return fired(b)
 }
@@ -207,6 +227,68 @@ func (m *Memory) candidates(g *group, t, w, sup int64) []event {
 	}
 	m.cands = m.cands[:0]
 	for _, e := range c {
+		if !g.zoned(e.time, sup) {
+			m.cands = append(m.cands, e)
+		}
+	}
+	return m.cands
+}
+
+// distinctCandidates returns the candidates of a distinct rule's update,
+// narrowed to those strictly between the nearest other candidates with the
+// same value, before and after it.
+//
+// That changes no answer and bounds the work under a flood of one value.
+// With suppression on, no window of earlier candidates holds Count values
+// (it would have fired, and its events would now be in a suppression
+// zone), so a window that reaches Count now must contain u and gain u's
+// value from it: it cannot also contain another event with that value. The
+// windows cut short by the narrowing are subsets of windows that cannot
+// fire, and so cannot fire either. The premise fails once a burst (and its
+// zone) has been forgotten, or the rule's count or suppression changed:
+// such a group is "wide" and scans every candidate.
+func (m *Memory) distinctCandidates(g *group, u Update, w, sup int64) []event {
+	at, found := slices.BinarySearchFunc(g.events, event{time: u.Time, id: u.EventID}, func(a, b event) int {
+		switch {
+		case less(a, b):
+			return -1
+		case less(b, a):
+			return 1
+		}
+		return 0
+	})
+	if !found {
+		return nil // pruned at once: too old to be in any window
+	}
+	lo, hi := at, at
+	for j := at - 1; j >= 0; j-- {
+		e := g.events[j]
+		if e.time <= u.Time-w {
+			break
+		}
+		if g.zoned(e.time, sup) {
+			continue
+		}
+		if e.value == u.Value {
+			break
+		}
+		lo = j
+	}
+	for j := at + 1; j < len(g.events); j++ {
+		e := g.events[j]
+		if e.time >= u.Time+w {
+			break
+		}
+		if g.zoned(e.time, sup) {
+			continue
+		}
+		if e.value == u.Value {
+			break
+		}
+		hi = j
+	}
+	m.cands = m.cands[:0]
+	for _, e := range g.events[lo : hi+1] {
 		if !g.zoned(e.time, sup) {
 			m.cands = append(m.cands, e)
 		}

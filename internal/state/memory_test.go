@@ -2,6 +2,9 @@ package state
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"reflect"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -96,5 +99,67 @@ func TestMemoryForgetsGroupsIdleLongerThanTheirKeyTTL(t *testing.T) {
 	}
 	if _, ok := m.groups["cd"]; !ok {
 		t.Error("the active group was forgotten")
+	}
+}
+
+// TestNarrowingChangesNoAnswer compares the store with and without the
+// narrowing of distinct candidates (distinctCandidates) over random
+// sequences: redeliveries, out-of-order times, many bursts (some
+// forgotten) and rules whose count or suppression changes midway, as a
+// reload does.
+func TestNarrowingChangesNoAnswer(t *testing.T) {
+	t.Parallel()
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 0xd157))
+	fired := 0
+	for seq := range 2000 {
+		narrow, full := NewMemory(), NewMemory()
+		full.fullScan = true
+		w := time.Duration(1+rng.IntN(120)) * time.Second
+		r := rule{key: "ab", count: 1 + rng.IntN(6), window: w, suppress: []time.Duration{w / 4, w / 2, w, 2 * w}[rng.IntN(4)], distinct: true}
+		values := []string{"alice", "bob", "carol", "dave", "erin", "frank", "grace"}[:2+rng.IntN(6)]
+		span := time.Duration(2+rng.IntN(40)) * w
+		var history, updates []Update
+		for i := range 20 + rng.IntN(200) {
+			if len(history) > 0 && rng.IntN(8) == 0 {
+				updates = append(updates, history[rng.IntN(len(history))])
+				continue
+			}
+			if rng.IntN(60) == 0 {
+				// A reload changes the threshold or the suppression.
+				r.count = 1 + rng.IntN(6)
+				if rng.IntN(2) == 0 {
+					r.suppress = []time.Duration{w / 4, w / 2, w, 2 * w}[rng.IntN(4)]
+				}
+			}
+			u := r.val("e"+strconv.Itoa(i), 0, values[rng.IntN(len(values))])
+			u.Time = base + micros(time.Duration(rng.Int64N(int64(span))).Truncate(time.Second))
+			history = append(history, u)
+			updates = append(updates, u)
+		}
+		for len(updates) > 0 {
+			n := min(len(updates), 1+rng.IntN(10))
+			want, err := full.Apply(t.Context(), updates[:n])
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := narrow.Apply(t.Context(), updates[:n])
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("sequence %d (seed %d), rule %+v: batch %+v\nnarrowed %+v\nfull     %+v", seq, seed, r, updates[:n], got, want)
+			}
+			for _, res := range got {
+				if res.Outcome == Fired {
+					fired++
+				}
+			}
+			updates = updates[n:]
+		}
+	}
+	if fired < 1000 {
+		t.Errorf("only %d alerts: the generator misses the interesting cases", fired)
 	}
 }

@@ -17,7 +17,7 @@ import (
 	"github.com/audit-platform/audit-log-analysis/internal/testenv"
 )
 
-func newClient(t *testing.T, addr string) *redis.Client {
+func newClient(t testing.TB, addr string) *redis.Client {
 	t.Helper()
 	c := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { c.Close() })
@@ -26,7 +26,7 @@ func newClient(t *testing.T, addr string) *redis.Client {
 
 // newRedisStore returns a store on the shared Redis under a prefix unique to
 // the test, and deletes the test's keys afterwards.
-func newRedisStore(t *testing.T) (*Redis, *redis.Client, string) {
+func newRedisStore(t testing.TB) (*Redis, *redis.Client, string) {
 	t.Helper()
 	c := newClient(t, testenv.RedisAddr(t))
 	prefix := testenv.Name(t, "test") + ":"
@@ -292,5 +292,41 @@ func TestMemoryAndRedisAgree(t *testing.T) {
 		if seen[o] < 50 {
 			t.Errorf("only %d %v outcomes: the generator misses a case", seen[o], o)
 		}
+	}
+}
+
+// BenchmarkRedisApply measures batches of 256 updates against the shared
+// Redis: spread over many groups (the usual load), and all on one group of a
+// distinct rule that never reaches its threshold (the worst case: every
+// update scans the group's window).
+func BenchmarkRedisApply(b *testing.B) {
+	cases := []struct {
+		name string
+		make func(i int) Update
+	}{
+		{"groups=1000", func(i int) Update {
+			return Update{Key: fmt.Sprintf("%04x", i%1000), EventID: fmt.Sprint("e", i), Time: at(float64(i) * 0.01), Count: 3, Window: time.Minute, Suppress: time.Minute}
+		}},
+		{"hot-distinct-group", func(i int) Update {
+			return Update{Key: "beef", EventID: fmt.Sprint("e", i), Time: at(float64(i) * 0.001), Value: "same-user", Distinct: true, Count: 10, Window: 10 * time.Minute, Suppress: 10 * time.Minute}
+		}},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			s, _, _ := newRedisStore(b)
+			batch := make([]Update, 256)
+			n := 0
+			b.ResetTimer()
+			for b.Loop() {
+				for j := range batch {
+					batch[j] = c.make(n)
+					n++
+				}
+				if _, err := s.Apply(b.Context(), batch); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*len(batch))/b.Elapsed().Seconds(), "updates/s")
+		})
 	}
 }
