@@ -537,7 +537,7 @@ func TestHealthFollowsRedisAndNoEventIsLostWhileItIsDown(t *testing.T) {
 	}
 }
 
-func TestSIGTERMStopsTheBinaryCleanly(t *testing.T) {
+func TestTheBinaryReloadsOnSIGHUPAndStopsCleanlyOnSIGTERM(t *testing.T) {
 	t.Parallel()
 	redisAddr := testenv.RedisAddr(t)
 	env := serviceEnv(t, redisAddr)
@@ -567,6 +567,19 @@ func TestSIGTERMStopsTheBinaryCleanly(t *testing.T) {
 	if got := collect(t, env["RABBITMQ_ALERT_QUEUE"], 1, time.Second, 10*time.Second); len(got) != 1 {
 		t.Errorf("got %d alerts, want the one for the event sent", len(got))
 	}
+
+	// SIGHUP reloads the rules and does not stop the service.
+	if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), `"msg":"rules reloaded","component":"rules","trigger":"SIGHUP"`) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no reload after SIGHUP:\n%s", logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.waitHealthy(5 * time.Second)
 
 	start := time.Now()
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
