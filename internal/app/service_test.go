@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -808,5 +809,44 @@ func TestServiceRidesOutARabbitMQOutage(t *testing.T) {
 	}
 	if got := metric(t, s.promURL, "audit_analysis_rabbitmq_consumer_connection_status"); got != 1 {
 		t.Errorf("consumer connection status after the outage = %v, want 1", got)
+	}
+}
+
+func TestTwoReplicasShareStateThroughRedis(t *testing.T) {
+	t.Parallel()
+	redisAddr := testenv.RedisAddr(t)
+	env := serviceEnv(t, redisAddr)
+	// Prefetch 1 makes the broker hand the events out in turn, so every
+	// burst is split between the replicas.
+	env["RABBITMQ_PREFETCH"] = "1"
+	a := startService(t, env)
+	envB := maps.Clone(env)
+	envB["APP_PORT"] = strconv.Itoa(testenv.FreePort(t))
+	envB["PROMETHEUS_PORT"] = strconv.Itoa(testenv.FreePort(t))
+	b := startService(t, envB)
+	t.Cleanup(func() { deleteKeys(t, redisAddr, a.prefix) })
+
+	const users = 10
+	base := time.Now().UTC().Add(-5 * time.Minute)
+	var bodies [][]byte
+	for i := range 4 {
+		for u := range users {
+			at := base.Add(time.Duration(i*5+u) * time.Second).Format(time.RFC3339Nano)
+			bodies = append(bodies, ev(uuidFor(1000+i*users+u), at, "user_login", "FAILURE", fmt.Sprint("user", u), "prod-web-01", nil))
+		}
+	}
+	publish(t, a.queue, bodies...)
+	alerts := decodeAlerts(t, collect(t, a.alertQueue, users, 3*time.Second, 60*time.Second))
+	perUser := map[string]int{}
+	for _, al := range alerts {
+		perUser[al["triggered_by"].(map[string]any)["actor_id"].(string)]++
+	}
+	if len(alerts) != users || len(perUser) != users {
+		t.Fatalf("got %d alerts for %d users, want exactly one per user: %v", len(alerts), len(perUser), perUser)
+	}
+	for _, s := range []*service{a, b} {
+		if n := metric(t, s.promURL, "audit_analysis_processed_total"); n == 0 || n == float64(len(bodies)) {
+			t.Errorf("replica %s processed %v of %d events; the test needs both to take part", s.appURL, n, len(bodies))
+		}
 	}
 }
