@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -392,11 +393,37 @@ func (p *Publisher) Publish(ctx context.Context, msgs []Message) error {
 		}
 	}
 	if len(unroutable) > 0 {
+		// A configured queue that someone deleted is declared again, so
+		// the caller's retry is delivered instead of returned forever.
+		for _, q := range p.redeclare(pc, unroutable) {
+			p.log.Warn("declared a deleted queue again", "queue", q)
+		}
 		r := returned[unroutable[0].MessageID]
 		return fmt.Errorf("publish: %d of %d messages returned, first %q to queue %q (%d %s): %w",
 			len(unroutable), len(msgs), unroutable[0].MessageID, unroutable[0].Queue, r.ReplyCode, r.ReplyText, ErrUnroutable)
 	}
 	return nil
+}
+
+// redeclare declares again the configured queues among the unroutable
+// messages' and returns those it declared. A failure is left to the next
+// Publish: it closes the channel, which is then reopened (and declares every
+// queue).
+func (p *Publisher) redeclare(pc *pubChannel, unroutable []Message) []string {
+	var done []string
+	for _, q := range p.cfg.Queues {
+		if slices.ContainsFunc(unroutable, func(m Message) bool { return m.Queue == q }) {
+			err := pc.conn.bounded(context.Background(), opTimeout, func() error {
+				_, err := pc.ch.QueueDeclare(q, true, false, false, false, nil)
+				return err
+			})
+			if err != nil {
+				return done
+			}
+			done = append(done, q)
+		}
+	}
+	return done
 }
 
 // returnTracker drains a channel's basic.return notifications as they come,

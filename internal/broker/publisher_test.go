@@ -300,3 +300,27 @@ func TestNewPublisherReportsConfigProblems(t *testing.T) {
 		t.Errorf("error %q contains the password", err)
 	}
 }
+
+func TestPublisherDeclaresADeletedQueueAgain(t *testing.T) {
+	t.Parallel()
+	a := newAdmin(t)
+	q := a.queue("alerts", false)
+	p := newTestPublisher(t, PublisherConfig{URL: a.url, Queues: []string{q}})
+	runPublisher(t, p)
+	waitFor(t, 10*time.Second, "connection", p.Connected)
+
+	if err := a.withChannel(func(ch *amqp.Channel) error { _, err := ch.QueueDelete(q, false, false, false); return err }); err != nil {
+		t.Fatal(err)
+	}
+	err := p.Publish(context.Background(), []Message{{Queue: q, MessageID: "first", Body: []byte("{}")}})
+	if !errors.Is(err, ErrUnroutable) {
+		t.Fatalf("Publish to the deleted queue returned %v, want ErrUnroutable", err)
+	}
+	// The retry reaches the queue, declared again.
+	if err := p.Publish(context.Background(), []Message{{Queue: q, MessageID: "first", Body: []byte("{}")}}); err != nil {
+		t.Fatalf("retry after the queue was deleted: %v", err)
+	}
+	if got := a.drain(q); len(got) != 1 || got[0].MessageId != "first" {
+		t.Fatalf("queue held %v, want the retried message", got)
+	}
+}
