@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -45,6 +46,40 @@ type pipeline struct {
 	// onStoreResult reports whether the state store answered, so health
 	// follows what the pipeline sees as well as the periodic ping.
 	onStoreResult func(ok bool)
+	// rejectLog keeps a flood of bad messages from flooding the log too;
+	// the metric still counts every one.
+	rejectLog logLimit
+}
+
+// logLimit allows a burst of log lines per interval and counts the rest,
+// so the next line allowed can say how many were left out.
+type logLimit struct {
+	mu      sync.Mutex
+	start   time.Time
+	lines   int
+	dropped int
+}
+
+const (
+	logLimitLines    = 20
+	logLimitInterval = 10 * time.Second
+)
+
+// allow reports whether a line may be logged now and, if so, how many were
+// left out since the last one.
+func (l *logLimit) allow(now time.Time) (dropped int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.start) >= logLimitInterval {
+		l.start, l.lines = now, 0
+	}
+	if l.lines >= logLimitLines {
+		l.dropped++
+		return 0, false
+	}
+	l.lines++
+	dropped, l.dropped = l.dropped, 0
+	return dropped, true
 }
 
 // isolate runs the events one at a time after the state store refused the
@@ -199,9 +234,12 @@ func (p *pipeline) Handle(ctx context.Context, batch []broker.Delivery) ([]broke
 		if p.deadLetterQueue != "" {
 			p.metrics.deadLettered.Inc()
 		}
-		p.logger.Warn("message rejected",
-			"reason", string(r.reason), "error", alert.Shorten(r.err.Error(), 256),
-			"message_id", d.MessageID, "bytes", len(d.Body), "dead_letter_queue", p.deadLetterQueue)
+		if n, ok := p.rejectLog.allow(p.now()); ok {
+			p.logger.Warn("message rejected",
+				"reason", string(r.reason), "error", alert.Shorten(r.err.Error(), 256),
+				"message_id", d.MessageID, "bytes", len(d.Body), "dead_letter_queue", p.deadLetterQueue,
+				"not_logged_before", n)
+		}
 	}
 	p.metrics.duration.Observe(p.now().Sub(start).Seconds())
 	return disps, nil

@@ -157,3 +157,23 @@ func TestPipelineDeadLettersAnEventTheStoreRefusesAndProcessesTheRest(t *testing
 		t.Errorf("rejected{unprocessable} = %v", got)
 	}
 }
+
+func TestLogLimitAllowsABurstThenSaysHowManyItLeftOut(t *testing.T) {
+	t.Parallel()
+	var l logLimit
+	now := time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
+	for i := range logLimitLines {
+		if _, ok := l.allow(now); !ok {
+			t.Fatalf("line %d refused inside the burst", i)
+		}
+	}
+	for range 5 {
+		if _, ok := l.allow(now.Add(time.Second)); ok {
+			t.Fatal("a line past the burst was allowed")
+		}
+	}
+	dropped, ok := l.allow(now.Add(logLimitInterval))
+	if !ok || dropped != 5 {
+		t.Errorf("next interval: allowed %v, dropped %d; want true, 5", ok, dropped)
+	}
+}
