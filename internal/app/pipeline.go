@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
@@ -171,11 +172,16 @@ func (p *pipeline) Handle(ctx context.Context, batch []broker.Delivery) ([]broke
 			continue
 		}
 		d := batch[r.index]
-		headers := map[string]any{
-			"x-rejection-reason": string(r.reason),
-			"x-rejection-error":  alert.Shorten(r.err.Error(), 1024),
-			"x-original-queue":   p.sourceQueue,
-			"x-rejected-at":      start.UTC().Format(time.RFC3339Nano),
+		// The producer's headers travel with the message; the rejection
+		// is described in headers of its own.
+		headers := make(map[string]any, len(d.Headers)+6)
+		maps.Copy(headers, d.Headers)
+		headers["x-rejection-reason"] = string(r.reason)
+		headers["x-rejection-error"] = alert.Shorten(r.err.Error(), 1024)
+		headers["x-original-queue"] = p.sourceQueue
+		headers["x-rejected-at"] = start.UTC().Format(time.RFC3339Nano)
+		if !d.Timestamp.IsZero() {
+			headers["x-original-timestamp"] = d.Timestamp.UTC().Format(time.RFC3339)
 		}
 		id := d.MessageID
 		if id != "" {

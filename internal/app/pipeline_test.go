@@ -65,7 +65,9 @@ func TestPipelineDeadLettersBadInputWithItsReason(t *testing.T) {
 	t.Parallel()
 	pub := &fakePublisher{}
 	p, m := newTestPipeline(t, pub, "events.dead-letter")
-	disps, err := p.Handle(context.Background(), deliveries(shadowEdit, "nope", "[1]"))
+	batch := deliveries(shadowEdit, "nope", "[1]")
+	batch[1].Headers = map[string]any{"producer": "edge-7"}
+	disps, err := p.Handle(context.Background(), batch)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,6 +84,9 @@ func TestPipelineDeadLettersBadInputWithItsReason(t *testing.T) {
 		if dead[i].Queue != "events.dead-letter" || dead[i].Headers["x-rejection-reason"] != want || dead[i].MessageID == "" {
 			t.Errorf("dead letter %d = %+v, want reason %s", i, dead[i], want)
 		}
+	}
+	if dead[0].Headers["producer"] != "edge-7" {
+		t.Errorf("dead letter lost the producer's headers: %v", dead[0].Headers)
 	}
 	if got := testutil.ToFloat64(m.rejected.WithLabelValues("invalid_json")); got != 1 {
 		t.Errorf("rejected{invalid_json} = %v", got)
