@@ -167,8 +167,11 @@ func (p *pipeline) Handle(ctx context.Context, batch []broker.Delivery) ([]broke
 		})
 	}
 	for _, r := range rejected {
+		// Rejected without requeue either way: after its copy in the
+		// dead-letter queue is confirmed, or alone when there is none
+		// (then only a dead-letter policy on the queue keeps it).
+		disps[r.index] = broker.Reject
 		if p.deadLetterQueue == "" {
-			disps[r.index] = broker.Reject
 			continue
 		}
 		d := batch[r.index]

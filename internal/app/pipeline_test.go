@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"testing"
 	"time"
 
@@ -71,10 +72,8 @@ func TestPipelineDeadLettersBadInputWithItsReason(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i, d := range disps {
-		if d != broker.Ack {
-			t.Errorf("disposition %d = %v, want ack (dead letters are published, then acked)", i, d)
-		}
+	if want := []broker.Disposition{broker.Ack, broker.Reject, broker.Reject}; !slices.Equal(disps, want) {
+		t.Errorf("dispositions = %v, want %v (dead letters are published, then rejected without requeue)", disps, want)
 	}
 	if len(pub.got) != 1 || len(pub.got[0]) != 3 {
 		t.Fatalf("published %v, want one batch of an alert and two dead letters", pub.got)
@@ -152,8 +151,8 @@ func TestPipelineDeadLettersAnEventTheStoreRefusesAndProcessesTheRest(t *testing
 	if err != nil {
 		t.Fatalf("Handle: %v (a permanent refusal must not fail the batch forever)", err)
 	}
-	if disps[0] != broker.Ack || disps[1] != broker.Ack {
-		t.Errorf("dispositions = %v", disps)
+	if disps[0] != broker.Reject || disps[1] != broker.Ack {
+		t.Errorf("dispositions = %v, want [reject ack]", disps)
 	}
 	if len(pub.got) != 1 || len(pub.got[0]) != 2 || pub.got[0][1].Headers["x-rejection-reason"] != "unprocessable" {
 		t.Fatalf("published %+v, want the alert and one dead letter", pub.got)
