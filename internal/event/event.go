@@ -280,32 +280,41 @@ func CanonicalPath(p string) string {
 // text (22, true); objects and arrays are not values. ok is false when the
 // field is absent or null.
 func (e *Event) Field(name string) (string, bool) {
-	switch name {
-	case "event_id":
-		return e.ID, e.ID != "" || e.has("event_id")
-	case "timestamp":
+	if name == "timestamp" {
 		if e.Timestamp.IsZero() {
 			return "", false
 		}
 		return e.Timestamp.Format(time.RFC3339Nano), true
-	case "source_service":
-		return e.SourceService, e.SourceService != "" || e.has("source_service")
-	case "server_hostname":
-		return e.ServerHostname, e.ServerHostname != "" || e.has("server_hostname")
-	case "event_type":
-		return e.EventType, e.EventType != "" || e.has("event_type")
-	case "severity":
-		return e.Severity, e.Severity != "" || e.has("severity")
-	case "user_id":
-		return e.UserID, e.UserID != "" || e.has("user_id")
-	case "action_result":
-		return e.ActionResult, e.ActionResult != "" || e.has("action_result")
-	case "resource":
-		return e.Resource, e.Resource != "" || e.has("resource")
-	case "client_ip":
-		return e.ClientIP, e.ClientIP != "" || e.has("client_ip")
+	}
+	if v := e.normalised(name); v != nil {
+		return *v, *v != "" || e.has(name)
 	}
 	return e.lookup(name)
+}
+
+// normalised returns the field holding a normalised value, or nil.
+func (e *Event) normalised(name string) *string {
+	switch name {
+	case "event_id":
+		return &e.ID
+	case "source_service":
+		return &e.SourceService
+	case "server_hostname":
+		return &e.ServerHostname
+	case "event_type":
+		return &e.EventType
+	case "severity":
+		return &e.Severity
+	case "user_id":
+		return &e.UserID
+	case "action_result":
+		return &e.ActionResult
+	case "resource":
+		return &e.Resource
+	case "client_ip":
+		return &e.ClientIP
+	}
+	return nil
 }
 
 func (e *Event) has(name string) bool {
