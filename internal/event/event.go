@@ -92,20 +92,11 @@ func reject(r Reason, format string, args ...any) error {
 	return &DecodeError{Reason: r, Err: fmt.Errorf(format, args...)}
 }
 
-// stringFields are the top-level fields that must be strings (or null).
-var stringFields = []struct {
-	name string
-	set  func(*Event, string)
-}{
-	{"event_id", func(e *Event, s string) { e.ID = s }},
-	{"source_service", func(e *Event, s string) { e.SourceService = s }},
-	{"server_hostname", func(e *Event, s string) { e.ServerHostname = s }},
-	{"event_type", func(e *Event, s string) { e.EventType = s }},
-	{"severity", func(e *Event, s string) { e.Severity = s }},
-	{"user_id", func(e *Event, s string) { e.UserID = s }},
-	{"action_result", func(e *Event, s string) { e.ActionResult = s }},
-	{"resource", func(e *Event, s string) { e.Resource = s }},
-	{"client_ip", func(e *Event, s string) { e.ClientIP = s }},
+// stringFields are the top-level fields that must be strings (or null):
+// every normalised field but the timestamp.
+var stringFields = []string{
+	"event_id", "source_service", "server_hostname", "event_type", "severity",
+	"user_id", "action_result", "resource", "client_ip",
 }
 
 // Decode turns a message body into an Event. Every error it returns is a
@@ -138,16 +129,16 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 		return nil, reject(ReasonInvalidJSON, "body is not a JSON object: %v", err)
 	}
 	ev := &Event{Raw: body, top: scanObject(trimmed)}
-	for _, f := range stringFields {
-		raw, ok := ev.top.get(f.name)
+	for _, name := range stringFields {
+		raw, ok := ev.top.get(name)
 		if !ok {
 			continue
 		}
 		s, err := decodeString(raw)
 		if err != nil {
-			return nil, reject(ReasonWrongType, "field %q: %v", f.name, err)
+			return nil, reject(ReasonWrongType, "field %q: %v", name, err)
 		}
-		f.set(ev, s)
+		*ev.normalised(name) = s
 	}
 	if raw, ok := ev.top.get("details"); ok && !isNull(raw) {
 		if len(raw) == 0 || raw[0] != '{' {
