@@ -92,6 +92,12 @@ func reject(r Reason, format string, args ...any) error {
 	return &DecodeError{Reason: r, Err: fmt.Errorf(format, args...)}
 }
 
+// Fields are the normalised fields, by the names rules use.
+var Fields = []string{
+	"event_id", "timestamp", "source_service", "server_hostname", "event_type",
+	"severity", "user_id", "action_result", "resource", "client_ip",
+}
+
 // stringFields are the top-level fields that must be strings (or null):
 // every normalised field but the timestamp.
 var stringFields = []string{

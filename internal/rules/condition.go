@@ -11,21 +11,15 @@ import (
 	"github.com/audit-platform/audit-log-analysis/internal/event"
 )
 
-// normalisedFields are the event fields a rule may name without a dot.
-var normalisedFields = []string{
-	"event_id", "timestamp", "source_service", "server_hostname", "event_type",
-	"severity", "user_id", "action_result", "resource", "client_ip",
-}
-
 // checkField reports whether name is a normalised field or a dotted path.
 func checkField(name string) error {
-	if slices.Contains(normalisedFields, name) {
+	if slices.Contains(event.Fields, name) {
 		return nil
 	}
 	parts := strings.Split(name, ".")
 	if len(parts) < 2 || slices.Contains(parts, "") {
 		return fmt.Errorf("unknown field %q: use one of %s, or a dotted path such as details.protocol",
-			name, strings.Join(normalisedFields, ", "))
+			name, strings.Join(event.Fields, ", "))
 	}
 	return nil
 }
