@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -129,7 +130,9 @@ func runFixture(ctx context.Context, file string) (string, []string) {
 		input.WriteByte('\n')
 	}
 	var out bytes.Buffer
-	if _, err := Run(ctx, []Input{{Name: file, Reader: &input}}, &out, Options{Rules: set, Environment: "TEST"}); err != nil {
+	// The service's default clock skew, so fixtures see what it sees.
+	opts := Options{Rules: set, Environment: "TEST", MaxClockSkew: 5 * time.Minute}
+	if _, err := Run(ctx, []Input{{Name: file, Reader: &input}}, &out, opts); err != nil {
 		return fx.Name, []string{err.Error()}
 	}
 	var got []alert.Alert

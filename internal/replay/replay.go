@@ -90,6 +90,7 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 		}
 	}
 	batch := make([]*event.Event, 0, opts.BatchSize)
+	var record func(rules.Output) error
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
@@ -98,6 +99,10 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 		if err != nil {
 			return err
 		}
+		batch = batch[:0]
+		return record(res)
+	}
+	record = func(res rules.Output) error {
 		sum.Clamped += res.Clamped
 		sum.InvalidTimestamps += res.InvalidTimestamps
 		for id, n := range res.Suppressed {
@@ -112,7 +117,6 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 			w.WriteByte('\n')
 			sum.Alerts[f.Rule.ID()]++
 		}
-		batch = batch[:0]
 		return nil
 	}
 	// Lines are read by one goroutine, decoded by one worker per CPU and
@@ -176,6 +180,14 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 		return sum, err
 	}
 	if err := flush(); err != nil {
+		return sum, err
+	}
+	// The engine holds the last event until it knows the next one.
+	res, err := engine.Flush(ctx)
+	if err != nil {
+		return sum, err
+	}
+	if err := record(res); err != nil {
 		return sum, err
 	}
 	sum.Elapsed = time.Since(start)

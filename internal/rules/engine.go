@@ -42,6 +42,9 @@ type Engine struct {
 
 	mu     sync.Mutex
 	newest time.Time // EventClock only
+	// held is the last event of the previous batch, EventClock only: it
+	// is processed with the next batch, once the event after it is known.
+	held *event.Event
 }
 
 // NewEngine returns an engine running set against store.
@@ -94,16 +97,60 @@ type pending struct {
 // the batch (ignored with EventClock). On error nothing of the batch may be
 // acknowledged; running the same batch again is safe: the store is
 // idempotent and alert ids are deterministic.
+//
+// With EventClock each event is processed once the event after it is known
+// (see eventTime): the last event of a batch waits for the next batch, or
+// for Flush.
 func (e *Engine) Process(ctx context.Context, events []*event.Event, now time.Time) (Output, error) {
+	if !e.opts.EventClock {
+		return e.process(ctx, events, nil, now)
+	}
+	all := events
+	if e.held != nil {
+		all = append([]*event.Event{e.held}, events...)
+	}
+	if len(all) == 0 {
+		return Output{}, nil
+	}
+	last := all[len(all)-1]
+	out, err := e.process(ctx, all[:len(all)-1], last, now)
+	if err != nil {
+		return Output{}, err
+	}
+	e.held = last
+	return out, nil
+}
+
+// Flush processes the event Process holds back with EventClock, as the last
+// of its input.
+func (e *Engine) Flush(ctx context.Context) (Output, error) {
+	if e.held == nil {
+		return Output{}, nil
+	}
+	out, err := e.process(ctx, []*event.Event{e.held}, nil, time.Time{})
+	if err != nil {
+		return Output{}, err
+	}
+	e.held = nil
+	return out, nil
+}
+
+// process runs the rules over events; after, if not nil, is the event that
+// follows the last of them.
+func (e *Engine) process(ctx context.Context, events []*event.Event, after *event.Event, now time.Time) (Output, error) {
 	set := e.rules.Load()
 	var out Output
 	var updates []state.Update
 	var todo []pending
-	for _, ev := range events {
+	for i, ev := range events {
 		if ev.TimestampInvalid {
 			out.InvalidTimestamps++
 		}
-		t, arrival, clamped := e.eventTime(ev, now)
+		next := after
+		if i+1 < len(events) {
+			next = events[i+1]
+		}
+		t, arrival, clamped := e.eventTime(ev, next, now)
 		if clamped {
 			out.Clamped++
 		}
@@ -219,7 +266,14 @@ func inRange(t time.Time) bool { return !t.Before(minEventTime) && !t.After(maxE
 // whether its own time was clamped for being too far ahead or outside the
 // range the stores hold. A time the stores cannot hold must never fail a
 // batch: the batch would be retried forever.
-func (e *Engine) eventTime(ev *event.Event, now time.Time) (t, arrival time.Time, clamped bool) {
+//
+// With EventClock, arrival is the newest event time seen so far, and an
+// event far ahead of it is either a host with a wrong clock (clamped) or
+// the first event after a quiet spell in the input (not clamped: the
+// clock moves on). next, the event after it, tells them apart: after a
+// quiet spell it is close to this one too; after a wrong clock's outlier it
+// is back near the clock. The last event of the input is taken as it is.
+func (e *Engine) eventTime(ev, next *event.Event, now time.Time) (t, arrival time.Time, clamped bool) {
 	if e.opts.EventClock {
 		e.mu.Lock()
 		defer e.mu.Unlock()
@@ -230,14 +284,23 @@ func (e *Engine) eventTime(ev *event.Event, now time.Time) (t, arrival time.Time
 	} else {
 		arrival = now
 	}
+	skew := e.opts.MaxClockSkew
 	t = ev.Timestamp
 	switch {
 	case t.IsZero():
 		t = arrival
 	case !inRange(t):
 		t, clamped = arrival, true
-	case e.opts.MaxClockSkew > 0 && t.Sub(arrival) > e.opts.MaxClockSkew && !(e.opts.EventClock && e.newest.IsZero()):
-		t, clamped = arrival, true
+	case skew > 0 && t.Sub(arrival) > skew:
+		if !e.opts.EventClock {
+			t, clamped = arrival, true
+			break
+		}
+		quietSpell := e.newest.IsZero() || next == nil ||
+			(!next.Timestamp.IsZero() && next.Timestamp.Sub(t).Abs() <= skew)
+		if !quietSpell {
+			t, clamped = arrival, true
+		}
 	}
 	if !inRange(t) {
 		// Only a wall clock outside 1970..2112 gets here.

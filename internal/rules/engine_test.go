@@ -31,12 +31,22 @@ func failure(t *testing.T, id string, sec float64, user, host string) *event.Eve
 	return decode(t, fmt.Sprintf(`{"event_id":%q,"timestamp":%q,"event_type":"user_login","action_result":"FAILURE","user_id":%q,"server_hostname":%q}`, id, ts, user, host))
 }
 
+// process runs a batch; with EventClock it also flushes the event the
+// engine holds back, so each call sees all of its events processed.
 func process(t *testing.T, e *Engine, now time.Time, evs ...*event.Event) Output {
 	t.Helper()
 	out, err := e.Process(context.Background(), evs, now)
 	if err != nil {
 		t.Fatal(err)
 	}
+	rest, err := e.Flush(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Alerts = append(out.Alerts, rest.Alerts...)
+	out.Clamped += rest.Clamped
+	out.InvalidTimestamps += rest.InvalidTimestamps
+	out.Duplicates += rest.Duplicates
 	return out
 }
 
@@ -184,6 +194,39 @@ func TestEngineReportsStoreFailuresAndProducesNothing(t *testing.T) {
 	out, err := e.Process(context.Background(), []*event.Event{file, failure(t, "1", 0, "bob", "h")}, t0)
 	if err == nil || len(out.Alerts) != 0 {
 		t.Fatalf("Process = %d alerts, %v; want an error and no alerts (the batch is retried whole)", len(out.Alerts), err)
+	}
+}
+
+func TestEngineEventClockTellsAQuietSpellFromAWrongClock(t *testing.T) {
+	t.Parallel()
+	e := NewEngine(state.NewMemory(), builtIn(t), Options{EventClock: true, MaxClockSkew: 5 * time.Minute})
+	// A burst, ten quiet minutes, another burst: the second is not a wrong
+	// clock, it alerts, with its own times.
+	var evs []*event.Event
+	for i, sec := range []float64{0, 10, 20, 30, 620, 630, 640} {
+		evs = append(evs, failure(t, fmt.Sprint("q", i), sec, "bob", "web-01"))
+	}
+	out := process(t, e, time.Time{}, evs...)
+	if len(out.Alerts) != 2 || out.Clamped != 0 {
+		t.Fatalf("alerts %d, clamped %d; want 2 alerts and nothing clamped", len(out.Alerts), out.Clamped)
+	}
+	if w := out.Alerts[1].Alert.Window; w.Start != "2026-11-01T10:10:20Z" || *out.Alerts[1].Alert.SuppressedSince != 1 {
+		t.Errorf("second burst window %+v, suppressed %d", w, *out.Alerts[1].Alert.SuppressedSince)
+	}
+
+	// One host a day ahead among others on time: its events are clamped to
+	// the replay clock, so its burst is still one burst.
+	e = NewEngine(state.NewMemory(), builtIn(t), Options{EventClock: true, MaxClockSkew: 5 * time.Minute})
+	evs = evs[:0]
+	for i := range 3 {
+		evs = append(evs,
+			failure(t, fmt.Sprint("ok", i), float64(i*10), fmt.Sprint("carol", i), "web-02"),
+			failure(t, fmt.Sprint("skew", i), float64(86400*(i+1)), "mallory", "web-03"))
+	}
+	evs = append(evs, failure(t, "ok-last", 30, "dave", "web-02"))
+	out = process(t, e, time.Time{}, evs...)
+	if out.Clamped != 3 || len(out.Alerts) != 1 || out.Alerts[0].Alert.TriggeredBy.ActorID != "mallory" {
+		t.Fatalf("clamped %d, alerts %+v; want the skewed host's three events clamped into one burst", out.Clamped, out.Alerts)
 	}
 }
 

@@ -257,8 +257,12 @@ func Generate(w io.Writer, opts Options) (Plan, error) {
 // predict lists the alerts the built-in rules raise for the planted
 // scenarios; background traffic never raises one.
 func (p *Plan) predict() {
-	// Suppressed matches are reported with a group's next alert.
+	// Suppressed matches are reported with a group's next alert, unless
+	// the group was quiet for longer than its state lives: for ANLY-SEC-001
+	// (60s window, 60s suppression) 60s + 5m + 60s + 10m of event time.
+	const idle = 17 * time.Minute
 	carry := map[[2]string]int{}
+	last := map[[2]string]time.Time{}
 	for _, s := range p.Scenarios {
 		switch s.Kind {
 		case FailedLoginBurst:
@@ -266,6 +270,19 @@ func (p *Plan) predict() {
 			// to arrive fires whatever the order, and the rest are
 			// suppressed.
 			g := [2]string{s.UserID, s.Host}
+			first, newest := s.Events[0].Time, s.Events[0].Time
+			for _, e := range s.Events {
+				if e.Time.Before(first) {
+					first = e.Time
+				}
+				if e.Time.After(newest) {
+					newest = e.Time
+				}
+			}
+			if prev, ok := last[g]; ok && first.Sub(prev) > idle {
+				carry[g] = 0
+			}
+			last[g] = newest
 			trigger := s.Events[2]
 			p.Alerts = append(p.Alerts, Alert{
 				RuleID: RuleFailedLogins, UserID: s.UserID, Host: s.Host,

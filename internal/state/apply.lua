@@ -59,6 +59,21 @@ local function hdel(ids)
   end
 end
 
+-- 0. A group quiet for longer than its key lives, in event time, starts
+-- afresh, as an expired key would.
+local function newest(k)
+  local r = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
+  return r[2] and tonumber(r[2])
+end
+local last = newest(ek)
+local slast = newest(sk)
+if slast and (not last or slast > last) then
+  last = slast
+end
+if last and t - last > tonumber(ttl) * 1000 then
+  redis.call('DEL', ek, vk, sk, mk)
+end
+
 local meta = {0, {}}
 local raw = redis.call('GET', mk)
 if raw then

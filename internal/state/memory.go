@@ -51,9 +51,9 @@ type group struct {
 	bursts     []Burst // alerted bursts, oldest first
 	spans      []span  // Start and End of each burst, scanned by every update
 	sinceAlert int     // events suppressed since the last burst
-	// last is the newest time applied to the group and ttl how long after
-	// it the group is kept: Redis's key TTL, in event time.
-	last, ttl int64
+	// ttl is how long, in event time, the group outlives its newest event
+	// (see idleLimit).
+	ttl int64
 	// count and suppress are the rule's last seen; wide is set once a
 	// burst was forgotten or they changed (a reload), after which windows
 	// of earlier events may hold the threshold without having fired, and
@@ -66,13 +66,30 @@ type group struct {
 // sweepEvery is how many updates pass between sweeps of idle groups.
 const sweepEvery = 1 << 14
 
-// sweep forgets the groups idle for longer than their ttl.
+// sweep reclaims the groups whose newest event is more than twice their
+// ttl behind the newest event of all. Such a group would start afresh on
+// any update newer than its ttl; only an update that much later than the
+// rest of the stream still sees it gone, as it would see an expired Redis
+// key.
 func (m *Memory) sweep() {
 	for k, g := range m.groups {
-		if g.last+g.ttl < m.newest {
+		if last, ok := g.lastTime(); !ok || last+2*g.ttl < m.newest {
 			delete(m.groups, k)
 		}
 	}
+}
+
+// lastTime is the newest time recorded or suppressed in the group.
+func (g *group) lastTime() (int64, bool) {
+	var last int64
+	ok := false
+	if n := len(g.events); n > 0 {
+		last, ok = g.events[n-1].time, true
+	}
+	if n := len(g.suppressed); n > 0 && (!ok || g.suppressed[n-1].time > last) {
+		last, ok = g.suppressed[n-1].time, true
+	}
+	return last, ok
 }
 
 type span struct{ start, end int64 }
@@ -98,12 +115,16 @@ func (m *Memory) apply(u Update) Result {
 		m.sweep()
 	}
 	g := m.groups[u.Key]
+	if g != nil {
+		if last, ok := g.lastTime(); ok && u.Time-last > idleLimit(u) {
+			g = nil // quiet for longer than its key lives: start afresh
+		}
+	}
 	if g == nil {
 		g = &group{}
 		m.groups[u.Key] = g
 	}
-	g.last = max(g.last, u.Time)
-	g.ttl = micros(keyTTL(u))
+	g.ttl = idleLimit(u)
 	if g.count != 0 && (g.count != u.Count || g.suppress != micros(u.Suppress)) {
 		g.wide = true
 	}

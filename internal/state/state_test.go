@@ -329,6 +329,31 @@ func testStore(t *testing.T, newStore func(t *testing.T) store) {
 		}
 	})
 
+	t.Run("a group quiet for longer than its key lives starts afresh, in event time", func(t *testing.T) {
+		t.Parallel()
+		s := newStore(t)
+		r := defaultRule() // 3 in 1m, suppress 1m: keys live 1m + 5m + 1m + 10m
+		quiet := 17*60 + 1.0
+		got, err := s.Apply(t.Context(), []Update{
+			r.ev("a1", 0), r.ev("a2", 1), r.ev("a3", 2), r.ev("a4", 30),
+			// Just inside the key's life: the group is remembered.
+			r.ev("b1", 30+quiet-2), r.ev("b2", 30+quiet-1), r.ev("b3", 30+quiet), r.ev("b4", 40+quiet),
+			// Past it: the suppressed count and the alerts are forgotten.
+			r.ev("c1", 40+2*quiet+1), r.ev("c2", 40+2*quiet+2), r.ev("c3", 40+2*quiet+3),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := []Result{
+			below, below, fire(0, 2, 3, "a3", 0, "a1", "a2", "a3"), suppressed,
+			below, below, fire(30+quiet-2, 30+quiet, 3, "b3", 1, "b1", "b2", "b3"), suppressed,
+			below, below, fire(40+2*quiet+1, 40+2*quiet+3, 3, "c3", 0, "c1", "c2", "c3"),
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("got %+v\nwant %+v", got, want)
+		}
+	})
+
 	t.Run("a flood of suppressed events keeps at most 4096 suppressed ids, dropping the oldest", func(t *testing.T) {
 		t.Parallel()
 		s := newStore(t)

@@ -9,6 +9,8 @@ import (
 // Both stores apply an Update to its group (the state of one Key) the same
 // way; memory.go and apply.lua are the two implementations:
 //
+//  0. A group whose newest event is more than idleLimit before the update
+//     starts afresh, as an expired key would.
 //  1. An event id already recorded or suppressed changes nothing: the
 //     answer is the stored alert it triggered, if still remembered, or
 //     Duplicate.
@@ -105,6 +107,13 @@ func retention(window time.Duration) int64 {
 	w := micros(window)
 	return w + max(w, micros(minRetention))
 }
+
+// idleLimit is how long, in event time, a group may go without an event
+// before the next one starts it afresh: its key TTL, in microseconds. Redis
+// also expires the keys in wall-clock time; for a live stream the two agree,
+// and for recorded events published at once this keeps the service and
+// replay alike.
+func idleLimit(u Update) int64 { return keyTTL(u).Milliseconds() * 1000 }
 
 // keyTTL is how long Redis keeps a group after its last update.
 func keyTTL(u Update) time.Duration {
