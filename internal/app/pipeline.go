@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -112,6 +113,37 @@ func (p *pipeline) isolate(ctx context.Context, events []*event.Event, index []i
 	return all, rejected, nil
 }
 
+// deadLetter is the copy of a rejected delivery for the dead-letter queue.
+func (p *pipeline) deadLetter(d broker.Delivery, r rejection, now time.Time) broker.Message {
+	// The producer's headers travel with the message; the rejection is
+	// described in headers of its own.
+	headers := make(map[string]any, len(d.Headers)+6)
+	maps.Copy(headers, d.Headers)
+	headers["x-rejection-reason"] = string(r.reason)
+	headers["x-rejection-error"] = alert.Shorten(r.err.Error(), 1024)
+	headers["x-original-queue"] = p.sourceQueue
+	headers["x-rejected-at"] = now.UTC().Format(time.RFC3339Nano)
+	if !d.Timestamp.IsZero() {
+		headers["x-original-timestamp"] = d.Timestamp.UTC().Format(time.RFC3339)
+	}
+	id := d.MessageID
+	if id != "" {
+		headers["x-original-message-id"] = id
+	} else {
+		// The publisher recognises returns by id; a body-derived id keeps
+		// a retried dead letter the same message.
+		id = uuid.NewSHA1(event.Namespace, append([]byte("dead-letter\x00"), d.Body...)).String()
+	}
+	return broker.Message{
+		Queue:       p.deadLetterQueue,
+		Body:        d.Body,
+		MessageID:   id,
+		ContentType: d.ContentType,
+		Headers:     headers,
+		Timestamp:   now,
+	}
+}
+
 // rejection is a delivery that can never be processed.
 type rejection struct {
 	index  int
@@ -119,7 +151,62 @@ type rejection struct {
 	err    error
 }
 
+// Handle handles a batch. A panic while handling it (a bug: no input should
+// cause one) must not become a crash loop that blinds detection: the batch
+// is handled again one delivery at a time, and a delivery that panics alone
+// is dead-lettered.
 func (p *pipeline) Handle(ctx context.Context, batch []broker.Delivery) ([]broker.Disposition, error) {
+	disps, err, crash := p.safeHandle(ctx, batch)
+	if crash == nil {
+		return disps, err
+	}
+	p.logger.Error("batch handling panicked; handling its deliveries one at a time", "error", crash, "size", len(batch))
+	disps = make([]broker.Disposition, len(batch))
+	for i := range batch {
+		one, err, crash := p.safeHandle(ctx, batch[i:i+1])
+		switch {
+		case crash != nil:
+			if err := p.rejectAlone(ctx, batch[i], crash); err != nil {
+				return nil, err
+			}
+			disps[i] = broker.Reject
+		case err != nil:
+			return nil, err
+		default:
+			disps[i] = one[0]
+		}
+	}
+	return disps, nil
+}
+
+// safeHandle runs handle, turning a panic into crash.
+func (p *pipeline) safeHandle(ctx context.Context, batch []broker.Delivery) (disps []broker.Disposition, err error, crash error) {
+	defer func() {
+		if r := recover(); r != nil {
+			disps, err, crash = nil, nil, fmt.Errorf("internal error: %v\n%s", r, debug.Stack())
+		}
+	}()
+	disps, err = p.handle(ctx, batch)
+	return disps, err, nil
+}
+
+// rejectAlone dead-letters one delivery whose handling panicked.
+func (p *pipeline) rejectAlone(ctx context.Context, d broker.Delivery, crash error) error {
+	r := rejection{reason: event.ReasonUnprocessable, err: crash}
+	if p.deadLetterQueue != "" {
+		if err := p.publisher.Publish(ctx, []broker.Message{p.deadLetter(d, r, p.now())}); err != nil {
+			p.metrics.publishFailures.Inc()
+			return fmt.Errorf("publish a dead letter: %w", err)
+		}
+		p.metrics.deadLettered.Inc()
+	}
+	p.metrics.rejected.WithLabelValues(string(r.reason)).Inc()
+	p.logger.Error("message rejected: its handling panicked", "message_id", d.MessageID, "bytes", len(d.Body),
+		"dead_letter_queue", p.deadLetterQueue, "error", alert.Shorten(crash.Error(), 4096))
+	return nil
+}
+
+func (p *pipeline) handle(ctx context.Context, batch []broker.Delivery) ([]broker.Disposition, error) {
 	start := p.now()
 	disps := make([]broker.Disposition, len(batch))
 	events := make([]*event.Event, 0, len(batch))
@@ -174,34 +261,7 @@ func (p *pipeline) Handle(ctx context.Context, batch []broker.Delivery) ([]broke
 		if p.deadLetterQueue == "" {
 			continue
 		}
-		d := batch[r.index]
-		// The producer's headers travel with the message; the rejection
-		// is described in headers of its own.
-		headers := make(map[string]any, len(d.Headers)+6)
-		maps.Copy(headers, d.Headers)
-		headers["x-rejection-reason"] = string(r.reason)
-		headers["x-rejection-error"] = alert.Shorten(r.err.Error(), 1024)
-		headers["x-original-queue"] = p.sourceQueue
-		headers["x-rejected-at"] = start.UTC().Format(time.RFC3339Nano)
-		if !d.Timestamp.IsZero() {
-			headers["x-original-timestamp"] = d.Timestamp.UTC().Format(time.RFC3339)
-		}
-		id := d.MessageID
-		if id != "" {
-			headers["x-original-message-id"] = id
-		} else {
-			// The publisher recognises returns by id; a body-derived id
-			// keeps a retried dead letter the same message.
-			id = uuid.NewSHA1(event.Namespace, append([]byte("dead-letter\x00"), d.Body...)).String()
-		}
-		msgs = append(msgs, broker.Message{
-			Queue:       p.deadLetterQueue,
-			Body:        d.Body,
-			MessageID:   id,
-			ContentType: d.ContentType,
-			Headers:     headers,
-			Timestamp:   start,
-		})
+		msgs = append(msgs, p.deadLetter(batch[r.index], r, start))
 	}
 	if len(msgs) > 0 {
 		if err := p.publisher.Publish(ctx, msgs); err != nil {

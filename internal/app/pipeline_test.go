@@ -181,3 +181,46 @@ func TestLogLimitAllowsABurstThenSaysHowManyItLeftOut(t *testing.T) {
 		t.Errorf("next interval: allowed %v, dropped %d; want true, 5", ok, dropped)
 	}
 }
+
+// boomEngine panics on any batch holding the event "boom".
+type boomEngine struct{ inner Engine }
+
+func (b boomEngine) Process(ctx context.Context, evs []*event.Event, now time.Time) (rules.Output, error) {
+	for _, ev := range evs {
+		if ev.ID == "boom" {
+			panic("index out of range")
+		}
+	}
+	return b.inner.Process(ctx, evs, now)
+}
+
+func TestPipelineDeadLettersTheOneDeliveryWhoseHandlingPanics(t *testing.T) {
+	t.Parallel()
+	pub := &fakePublisher{}
+	p, m := newTestPipeline(t, pub, "dead")
+	p.engine = boomEngine{inner: p.engine}
+	disps, err := p.Handle(context.Background(), deliveries(shadowEdit, `{"event_id":"boom"}`, "nope"))
+	if err != nil {
+		t.Fatalf("Handle: %v", err)
+	}
+	if want := []broker.Disposition{broker.Ack, broker.Reject, broker.Reject}; !slices.Equal(disps, want) {
+		t.Fatalf("dispositions = %v, want %v", disps, want)
+	}
+	var reasons []any
+	alerts := 0
+	for _, batch := range pub.got {
+		for _, msg := range batch {
+			if msg.Queue == "dead" {
+				reasons = append(reasons, msg.Headers["x-rejection-reason"])
+			} else {
+				alerts++
+			}
+		}
+	}
+	if alerts != 1 || len(reasons) != 2 {
+		t.Fatalf("published %d alerts and dead letters %v; want the alert and two dead letters", alerts, reasons)
+	}
+	if got := testutil.ToFloat64(m.rejected.WithLabelValues("unprocessable")); got != 1 {
+		t.Errorf("rejected{unprocessable} = %v", got)
+	}
+}
