@@ -45,9 +45,9 @@ type pipeline struct {
 	metrics         *metrics
 	logger          *slog.Logger
 	now             func() time.Time
-	// onStoreResult reports whether the state store answered, so health
-	// follows what the pipeline sees as well as the periodic ping.
-	onStoreResult func(ok bool)
+	// onStoreFailure reports that the state store failed, so health turns
+	// at once instead of at the next periodic ping.
+	onStoreFailure func()
 	// rejectLog keeps a flood of bad messages from flooding the log too;
 	// the metric still counts every one.
 	rejectLog logLimit
@@ -99,16 +99,7 @@ func (p *pipeline) isolate(ctx context.Context, events []*event.Event, index []i
 		if err != nil {
 			return rules.Output{}, nil, err
 		}
-		all.Alerts = append(all.Alerts, out.Alerts...)
-		all.Clamped += out.Clamped
-		all.InvalidTimestamps += out.InvalidTimestamps
-		all.Duplicates += out.Duplicates
-		for id, n := range out.Suppressed {
-			if all.Suppressed == nil {
-				all.Suppressed = map[string]int{}
-			}
-			all.Suppressed[id] += n
-		}
+		all.Add(out)
 	}
 	return all, rejected, nil
 }
@@ -233,8 +224,8 @@ func (p *pipeline) handle(ctx context.Context, batch []broker.Delivery) ([]broke
 	}
 	if err != nil {
 		p.metrics.batchRetries.WithLabelValues("state_store").Inc()
-		if p.onStoreResult != nil {
-			p.onStoreResult(false)
+		if p.onStoreFailure != nil {
+			p.onStoreFailure()
 		}
 		return nil, fmt.Errorf("run rules: %w", err)
 	}
@@ -269,9 +260,6 @@ func (p *pipeline) handle(ctx context.Context, batch []broker.Delivery) ([]broke
 			p.metrics.batchRetries.WithLabelValues("publish").Inc()
 			return nil, fmt.Errorf("publish %d messages: %w", len(msgs), err)
 		}
-	}
-	if p.onStoreResult != nil && len(events) > 0 {
-		p.onStoreResult(true)
 	}
 
 	// Counted only once the batch is through, so a retried batch is

@@ -121,7 +121,7 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 		metrics:         m,
 		logger:          logger.With("component", "pipeline"),
 		now:             time.Now,
-		onStoreResult:   redisWatch.observe,
+		onStoreFailure:  redisWatch.failed,
 	}
 
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
@@ -289,12 +289,10 @@ func (w *redisWatch) run(ctx context.Context) {
 	}
 }
 
-// observe takes what the pipeline saw; only a failure is believed at once,
-// a success waits for the next ping.
-func (w *redisWatch) observe(ok bool) {
-	if !ok {
-		w.set(false, errors.New("state store request failed"))
-	}
+// failed takes a failure the pipeline saw; recovery waits for the next
+// ping.
+func (w *redisWatch) failed() {
+	w.set(false, errors.New("state store request failed"))
 }
 
 func (w *redisWatch) set(up bool, err error) {

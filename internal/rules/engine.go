@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -33,14 +32,13 @@ type Options struct {
 	EventClock bool
 }
 
-// Engine turns events into alerts. Process is called by one goroutine at a
-// time; SetRules may be called from any goroutine.
+// Engine turns events into alerts. Process and Flush are called by one
+// goroutine at a time; SetRules may be called from any goroutine.
 type Engine struct {
 	store Store
 	opts  Options
 	rules atomic.Pointer[Set]
 
-	mu     sync.Mutex
 	newest time.Time // EventClock only
 	// held is the last event of the previous batch, EventClock only: it
 	// is processed with the next batch, once the event after it is known.
@@ -82,13 +80,27 @@ type Output struct {
 	Duplicates int
 }
 
+// Add adds o2's counts and alerts to o.
+func (o *Output) Add(o2 Output) {
+	o.Alerts = append(o.Alerts, o2.Alerts...)
+	o.Clamped += o2.Clamped
+	o.InvalidTimestamps += o2.InvalidTimestamps
+	o.Duplicates += o2.Duplicates
+	for id, n := range o2.Suppressed {
+		if o.Suppressed == nil {
+			o.Suppressed = map[string]int{}
+		}
+		o.Suppressed[id] += n
+	}
+}
+
 // pending is one alert waiting for the store's answer (stateful) or ready
 // (stateless: result is nil).
 type pending struct {
 	rule   *Rule
 	ev     *event.Event
-	update int // index into updates, -1 when stateless
-	group  map[string]string
+	update int      // index into updates, -1 when stateless
+	values []string // group-by values, in the rule's group_by order
 	key    string
 	now    time.Time
 }
@@ -160,13 +172,11 @@ func (e *Engine) process(ctx context.Context, events []*event.Event, after *even
 			}
 			p := pending{rule: r, ev: ev, update: -1, now: arrival}
 			if th := r.Threshold; th != nil {
-				values := make([]string, len(th.GroupBy))
-				p.group = make(map[string]string, len(th.GroupBy))
+				p.values = make([]string, len(th.GroupBy))
 				for i, f := range th.GroupBy {
-					values[i] = groupValue(ev, f)
-					p.group[f] = values[i]
+					p.values[i] = groupValue(ev, f)
 				}
-				p.key = th.groupKey(values)
+				p.key = th.groupKey(p.values)
 				u := state.Update{
 					Key:      p.key,
 					EventID:  ev.Key,
@@ -215,9 +225,13 @@ func (e *Engine) process(ctx context.Context, events []*event.Event, after *even
 			}
 			th := p.rule.Threshold
 			b := res.Burst
+			group := make(map[string]string, len(th.GroupBy))
+			for i, f := range th.GroupBy {
+				group[f] = p.values[i]
+			}
 			in.Burst = &alert.Burst{
 				GroupKey:     p.key,
-				Group:        p.group,
+				Group:        group,
 				Start:        time.UnixMicro(b.Start).UTC(),
 				End:          time.UnixMicro(b.End).UTC(),
 				Window:       th.Window,
@@ -275,8 +289,6 @@ func inRange(t time.Time) bool { return !t.Before(minEventTime) && !t.After(maxE
 // is back near the clock. The last event of the input is taken as it is.
 func (e *Engine) eventTime(ev, next *event.Event, now time.Time) (t, arrival time.Time, clamped bool) {
 	if e.opts.EventClock {
-		e.mu.Lock()
-		defer e.mu.Unlock()
 		arrival = e.newest
 		if arrival.IsZero() {
 			arrival = minEventTime

@@ -43,10 +43,7 @@ func process(t *testing.T, e *Engine, now time.Time, evs ...*event.Event) Output
 	if err != nil {
 		t.Fatal(err)
 	}
-	out.Alerts = append(out.Alerts, rest.Alerts...)
-	out.Clamped += rest.Clamped
-	out.InvalidTimestamps += rest.InvalidTimestamps
-	out.Duplicates += rest.Duplicates
+	out.Add(rest)
 	return out
 }
 

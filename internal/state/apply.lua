@@ -65,13 +65,15 @@ local function newest(k)
   local r = redis.call('ZRANGE', k, -1, -1, 'WITHSCORES')
   return r[2] and tonumber(r[2])
 end
-local last = newest(ek)
+local elast = newest(ek)
+local last = elast
 local slast = newest(sk)
 if slast and (not last or slast > last) then
   last = slast
 end
 if last and t - last > tonumber(ttl) * 1000 then
   redis.call('DEL', ek, vk, sk, mk)
+  elast = nil
 end
 
 local meta = {0, {}}
@@ -148,7 +150,11 @@ redis.call('ZADD', ek, ts, id)
 expire()
 
 -- 4. Prune behind the newest event, then cap the number of events.
-local newest = tonumber(redis.call('ZRANGE', ek, -1, -1, 'WITHSCORES')[2])
+-- The newest event is this one or the newest before it (read in step 0).
+local newest = t
+if elast and elast > t then
+  newest = elast
+end
 local floor = newest - keep
 local oldest = tonumber(redis.call('ZRANGE', ek, 0, 0, 'WITHSCORES')[2])
 local below = '(' .. score(floor)
