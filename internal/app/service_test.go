@@ -454,63 +454,12 @@ func checkFields(t *testing.T, a map[string]any, want map[string]any) {
 	}
 }
 
-// redisServer is a private redis-server the test may stop and restart.
-type redisServer struct {
-	t    *testing.T
-	port int
-	dir  string
-	cmd  *exec.Cmd
-}
-
-func startRedis(t *testing.T) *redisServer {
-	t.Helper()
-	if _, err := exec.LookPath("redis-server"); err != nil {
-		if testenv.Required() {
-			t.Fatal("redis-server is not installed")
-		}
-		t.Skip("redis-server is not installed")
-	}
-	r := &redisServer{t: t, port: testenv.FreePort(t), dir: t.TempDir()}
-	r.start()
-	t.Cleanup(r.stop)
-	return r
-}
-
-func (r *redisServer) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
-
-func (r *redisServer) start() {
-	r.t.Helper()
-	r.cmd = exec.Command("redis-server", "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", r.dir, "--daemonize", "no")
-	if err := r.cmd.Start(); err != nil {
-		r.t.Fatal(err)
-	}
-	rdb := redis.NewClient(&redis.Options{Addr: r.addr()})
-	defer rdb.Close()
-	for i := 0; i < 100; i++ {
-		if rdb.Ping(context.Background()).Err() == nil {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	r.t.Fatal("private redis-server did not start")
-}
-
-func (r *redisServer) stop() {
-	if r.cmd == nil || r.cmd.Process == nil {
-		return
-	}
-	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
-	r.cmd = nil
-}
-
 func TestHealthFollowsRedisAndNoEventIsLostWhileItIsDown(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t)
-	s := startService(t, serviceEnv(t, rs.addr()))
+	rs := testenv.StartRedis(t)
+	s := startService(t, serviceEnv(t, rs.Addr()))
 
-	rs.stop()
+	rs.Stop()
 	took := s.waitStatus(http.StatusServiceUnavailable, 10*time.Second)
 	if took > 5*time.Second {
 		t.Errorf("/healthz turned 503 after %s, want within 5s", took)
@@ -530,7 +479,7 @@ func TestHealthFollowsRedisAndNoEventIsLostWhileItIsDown(t *testing.T) {
 			"user_login", "FAILURE", "mallory", "prod-db-01", nil))
 	}
 	time.Sleep(2 * time.Second)
-	rs.start()
+	rs.Start()
 	s.waitHealthy(15 * time.Second)
 	alerts := decodeAlerts(t, collect(t, s.alertQueue, 1, 2*time.Second, 30*time.Second))
 	if len(alerts) != 1 || alerts[0]["correlation_id"] != uuidFor(102) {

@@ -4,11 +4,9 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
-	"os/exec"
 	"reflect"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -114,51 +112,9 @@ func TestNewRedisRejectsABraceInThePrefix(t *testing.T) {
 	NewRedis(redis.NewClient(&redis.Options{}), "alerts{x}:")
 }
 
-// privateRedis starts a redis-server of the test's own, for tests that
-// flush its script cache or stop it. stop kills it; cleanup also does.
-func privateRedis(t *testing.T) (addr string, stop func()) {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if testenv.Required() {
-			t.Fatalf("redis-server not found: %v", err)
-		}
-		t.Skipf("redis-server not found: %v", err)
-	}
-	port := testenv.FreePort(t)
-	cmd := exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--daemonize", "no")
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			_ = cmd.Process.Kill()
-			_ = cmd.Wait()
-		})
-	}
-	t.Cleanup(stop)
-	addr = "127.0.0.1:" + strconv.Itoa(port)
-	c := newClient(t, addr)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
-		err := c.Ping(ctx).Err()
-		cancel()
-		if err == nil {
-			return addr, stop
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("redis-server on %s did not answer: %v", addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 func TestRedisRecoversFromAnEmptyScriptCache(t *testing.T) {
 	t.Parallel()
-	addr, _ := privateRedis(t)
+	addr := testenv.StartRedis(t).Addr()
 	c := newClient(t, addr)
 	s := NewRedis(c, "test:")
 	r := defaultRule()
@@ -187,7 +143,8 @@ func TestRedisRecoversFromAnEmptyScriptCache(t *testing.T) {
 
 func TestRedisReportsAnUnreachableServer(t *testing.T) {
 	t.Parallel()
-	addr, stop := privateRedis(t)
+	rs := testenv.StartRedis(t)
+	addr, stop := rs.Addr(), rs.Stop
 	s := NewRedis(newClient(t, addr), "test:")
 	r := defaultRule()
 	if _, err := s.Apply(t.Context(), []Update{r.ev("a", 0)}); err != nil {
