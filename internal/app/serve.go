@@ -85,10 +85,7 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 		URL:    cfg.RabbitMQURL,
 		Logger: logger,
 		Queues: queues,
-		OnConnection: func(up bool) {
-			h.publisher.Store(up)
-			m.publisherStatus.Set(b2f(up))
-		},
+		OnConnection: func(up bool) { m.publisherStatus.Set(b2f(up)) },
 	})
 	if err != nil {
 		return fmt.Errorf("publisher: %w", err)
@@ -98,17 +95,14 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 		Queue:    cfg.RabbitMQQueue,
 		Prefetch: cfg.RabbitMQPrefetch,
 		Logger:   logger,
-		OnConnection: func(up bool) {
-			h.consumer.Store(up)
-			m.consumerStatus.Set(b2f(up))
-		},
+		OnConnection: func(up bool) { m.consumerStatus.Set(b2f(up)) },
 		// The batch in flight must finish inside the shutdown budget.
 		ShutdownGrace: cfg.ShutdownTimeout / 2,
 	})
 	if err != nil {
 		return fmt.Errorf("consumer: %w", err)
 	}
-	h.consumerAlive = consumer.Alive
+	h.consumer, h.publisher = consumer, publisher
 	redisWatch := &redisWatch{client: rdb, health: h, metrics: m, logger: logger.With("component", "redis")}
 
 	handler := &pipeline{
@@ -241,21 +235,23 @@ func b2f(b bool) float64 {
 	return 0
 }
 
-// health is what /healthz reports: each part reports into it.
+// health is what /healthz reports: the broker clients' own state, and
+// Redis as the watcher last saw it.
 type health struct {
-	consumer      atomic.Bool
-	publisher     atomic.Bool
-	redis         atomic.Bool
-	consumerAlive func() bool
+	consumer interface {
+		Connected() bool
+		Alive() bool
+	}
+	publisher interface{ Connected() bool }
+	redis     atomic.Bool
 }
 
 // Status implements httpapi.Checker.
 func (h *health) Status() httpapi.Status {
-	alive := h.consumerAlive != nil && h.consumerAlive()
 	return httpapi.Status{
-		RabbitMQConnected: h.consumer.Load() && h.publisher.Load(),
+		RabbitMQConnected: h.consumer.Connected() && h.publisher.Connected(),
 		RedisConnected:    h.redis.Load(),
-		ConsumerAlive:     alive,
+		ConsumerAlive:     h.consumer.Alive(),
 	}
 }
 
