@@ -82,19 +82,19 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 		queues = append(queues, cfg.RabbitMQDeadLetterQueue)
 	}
 	publisher, err := broker.NewPublisher(broker.PublisherConfig{
-		URL:    cfg.RabbitMQURL,
-		Logger: logger,
-		Queues: queues,
+		URL:          cfg.RabbitMQURL,
+		Logger:       logger,
+		Queues:       queues,
 		OnConnection: func(up bool) { m.publisherStatus.Set(b2f(up)) },
 	})
 	if err != nil {
 		return fmt.Errorf("publisher: %w", err)
 	}
 	consumer, err := broker.NewConsumer(broker.ConsumerConfig{
-		URL:      cfg.RabbitMQURL,
-		Queue:    cfg.RabbitMQQueue,
-		Prefetch: cfg.RabbitMQPrefetch,
-		Logger:   logger,
+		URL:          cfg.RabbitMQURL,
+		Queue:        cfg.RabbitMQQueue,
+		Prefetch:     cfg.RabbitMQPrefetch,
+		Logger:       logger,
 		OnConnection: func(up bool) { m.consumerStatus.Set(b2f(up)) },
 		// The batch in flight must finish inside the shutdown budget.
 		ShutdownGrace: cfg.ShutdownTimeout / 2,
