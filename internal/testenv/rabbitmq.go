@@ -182,11 +182,17 @@ func (n *RabbitMQ) Start() {
 		"RABBITMQ_ENABLED_PLUGINS_FILE="+filepath.Join(n.dir, "plugins"),
 		"RABBITMQ_CONFIG_FILE="+n.config,
 		"RABBITMQ_ADVANCED_CONFIG_FILE="+filepath.Join(n.dir, "advanced.config"),
+		// The script then execs the Erlang VM instead of running it as a
+		// child, so the process started here is the node itself; without
+		// a shell, since there is no input.
+		"RABBITMQ_ALLOW_INPUT=true",
+		"RABBITMQ_SERVER_START_ARGS=-noinput -noshell",
 	)
 	cmd.Stdout, cmd.Stderr = out, out
-	// Its own process group: the script, the Erlang VM and its helpers
-	// are stopped together by the group's id, which is the script's pid.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// The Erlang VM gets a process group of its own, so that it and its
+	// helper processes are killed together by the group's id, its pid; and
+	// it dies with the test binary, even when that is killed.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		n.t.Fatalf("start rabbitmq-server: %v", err)
 	}
@@ -263,8 +269,7 @@ func (n *RabbitMQ) Kill() {
 	pgid := n.cmd.Process.Pid
 	_ = syscall.Kill(-pgid, syscall.SIGKILL)
 	<-n.exited
-	// The Erlang VM is not the script's direct child for long: wait until
-	// nothing of the group is left, so its ports are free again.
+	// Wait until its helper processes are gone too.
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
 		if err := syscall.Kill(-pgid, 0); errors.Is(err, syscall.ESRCH) {
 			break
