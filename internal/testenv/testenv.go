@@ -1,8 +1,10 @@
 // Package testenv gives tests the real services they need: the addresses of
 // RabbitMQ and Redis (from the environment, defaulting to the local ones),
 // unique names so tests can share those servers, private redis-server
-// processes for tests that must stop one, and a TCP proxy that can cut a
-// connection the way a network failure would.
+// processes for tests that must stop, flush or fail one over (a single
+// server, with or without persistence or TLS; a Redis Cluster; a master and
+// replica watched by a Sentinel), certificates of the test's own, and a TCP
+// proxy that can cut a connection the way a network failure would.
 //
 // Outside CI a test whose service is unreachable is skipped with a message
 // saying how to start it; when CI is set (or REQUIRE_SERVICES=1) it fails.
