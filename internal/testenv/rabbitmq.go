@@ -46,8 +46,16 @@ type RabbitMQOptions struct {
 // RabbitMQ is a rabbitmq-server node of the test's own: its own node
 // name, Erlang cookie, ports, data and log directories, for tests that stop
 // it, block it or cut its connections. The shared node is never touched.
+// Its methods report failures to the test that started it; a subtest uses
+// In(t) instead.
 type RabbitMQ struct {
 	t testing.TB
+	*rabbitNode
+}
+
+// rabbitNode is the node itself, shared by every RabbitMQ value that In
+// returns.
+type rabbitNode struct {
 	// Name is the node name, NAME@localhost.
 	Name string
 	// Port is the AMQP port, TLSPort the amqps port (0 without TLS).
@@ -61,6 +69,10 @@ type RabbitMQ struct {
 	// exited is closed when the server process ends.
 	exited chan struct{}
 }
+
+// In returns the same node with failures reported to t: a subtest must
+// not fail the test that started the node.
+func (n *RabbitMQ) In(t testing.TB) *RabbitMQ { return &RabbitMQ{t: t, rabbitNode: n.rabbitNode} }
 
 // StartRabbitMQ starts a private node and waits until it accepts AMQP
 // connections. It is stopped, and its directories removed, when the test
@@ -89,14 +101,13 @@ func LaunchRabbitMQ(t testing.TB, opts RabbitMQOptions) *RabbitMQ {
 // non-empty seed makes the node join seed's cluster when it first boots.
 func newRabbitNode(t testing.TB, home, seed string, opts RabbitMQOptions) *RabbitMQ {
 	t.Helper()
-	n := &RabbitMQ{
-		t:        t,
+	n := &RabbitMQ{t: t, rabbitNode: &rabbitNode{
 		Name:     "testenv-" + randomHex(t, 6) + "@localhost",
 		Port:     FreePort(t),
 		distPort: FreePort(t),
 		home:     home,
 		dir:      t.TempDir(),
-	}
+	}}
 	for _, d := range []string{"mnesia", "log"} {
 		if err := os.Mkdir(filepath.Join(n.dir, d), 0o755); err != nil {
 			t.Fatalf("rabbitmq: %v", err)
@@ -148,13 +159,13 @@ func newRabbitNode(t testing.TB, home, seed string, opts RabbitMQOptions) *Rabbi
 }
 
 // URL returns the node's amqp:// URL (guest/guest, vhost /).
-func (n *RabbitMQ) URL() string {
+func (n *rabbitNode) URL() string {
 	return "amqp://guest:guest@127.0.0.1:" + strconv.Itoa(n.Port) + "/"
 }
 
 // TLSURL returns the node's amqps:// URL, with the host name the test
 // certificate is made for.
-func (n *RabbitMQ) TLSURL() string {
+func (n *rabbitNode) TLSURL() string {
 	return "amqps://guest:guest@localhost:" + strconv.Itoa(n.TLSPort) + "/"
 }
 
@@ -208,7 +219,7 @@ func (n *RabbitMQ) Start() {
 // env is the environment of the node and of its control commands: the
 // private HOME holds the cookie, the empty env file keeps the shared
 // node's name out.
-func (n *RabbitMQ) env() []string {
+func (n *rabbitNode) env() []string {
 	var env []string
 	for _, kv := range os.Environ() {
 		if !strings.HasPrefix(kv, "RABBITMQ_") && !strings.HasPrefix(kv, "ERL_") && !strings.HasPrefix(kv, "HOME=") {
@@ -233,7 +244,7 @@ func (n *RabbitMQ) WaitReady() {
 	}
 }
 
-func (n *RabbitMQ) waitReady(timeout time.Duration) error {
+func (n *rabbitNode) waitReady(timeout time.Duration) error {
 	n.mu.Lock()
 	exited := n.exited
 	n.mu.Unlock()
@@ -260,7 +271,7 @@ func (n *RabbitMQ) waitReady(timeout time.Duration) error {
 
 // Kill stops the node at once (SIGKILL to its process group), as a crash
 // or a power cut would; killing a stopped node does nothing.
-func (n *RabbitMQ) Kill() {
+func (n *rabbitNode) Kill() {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.cmd == nil {
@@ -292,16 +303,16 @@ func (n *RabbitMQ) Stop() {
 
 // Ctl runs rabbitmqctl against this node and returns its output. It may be
 // called from any goroutine.
-func (n *RabbitMQ) Ctl(args ...string) (string, error) {
+func (n *rabbitNode) Ctl(args ...string) (string, error) {
 	return n.run("rabbitmqctl", args...)
 }
 
 // Queues runs rabbitmq-queues against this node and returns its output.
-func (n *RabbitMQ) Queues(args ...string) (string, error) {
+func (n *rabbitNode) Queues(args ...string) (string, error) {
 	return n.run("rabbitmq-queues", args...)
 }
 
-func (n *RabbitMQ) run(tool string, args ...string) (string, error) {
+func (n *rabbitNode) run(tool string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), rabbitCtlTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, filepath.Join(rabbitBin, tool), append([]string{"-q", "-n", n.Name}, args...)...)
@@ -358,7 +369,7 @@ func (n *RabbitMQ) SetMemoryAlarm(on bool) {
 }
 
 // logTail returns the end of the node's logs, for failure messages.
-func (n *RabbitMQ) logTail() string {
+func (n *rabbitNode) logTail() string {
 	var b strings.Builder
 	for _, name := range []string{"stdout.log", n.Name + ".log"} {
 		data, err := os.ReadFile(filepath.Join(n.dir, "log", name))
@@ -386,6 +397,15 @@ type RabbitMQCluster struct {
 // the test ends.
 func StartRabbitMQCluster(t testing.TB, size int) *RabbitMQCluster {
 	t.Helper()
+	c := LaunchRabbitMQCluster(t, size)
+	c.WaitReady()
+	return c
+}
+
+// LaunchRabbitMQCluster starts the nodes of a cluster without waiting for
+// them; WaitReady waits.
+func LaunchRabbitMQCluster(t testing.TB, size int) *RabbitMQCluster {
+	t.Helper()
 	needRabbitMQ(t)
 	home := t.TempDir()
 	writeCookie(t, home)
@@ -399,20 +419,36 @@ func StartRabbitMQCluster(t testing.TB, size int) *RabbitMQCluster {
 		n.Start()
 		c.Nodes = append(c.Nodes, n)
 	}
+	return c
+}
+
+// WaitReady waits until every node accepts AMQP connections and all of
+// them run in one cluster.
+func (c *RabbitMQCluster) WaitReady() {
+	c.t.Helper()
 	for _, n := range c.Nodes {
-		n.WaitReady()
+		n.In(c.t).WaitReady()
 	}
 	deadline := time.Now().Add(rabbitBootTimeout)
 	for {
 		running, err := c.running()
-		if err == nil && len(running) == size {
-			return c
+		if err == nil && len(running) == len(c.Nodes) {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("rabbitmq cluster: running nodes %v (%v), want %d", running, err, size)
+			c.t.Fatalf("rabbitmq cluster: running nodes %v (%v), want %d", running, err, len(c.Nodes))
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+// In returns the same cluster with failures reported to t.
+func (c *RabbitMQCluster) In(t testing.TB) *RabbitMQCluster {
+	in := &RabbitMQCluster{t: t}
+	for _, n := range c.Nodes {
+		in.Nodes = append(in.Nodes, n.In(t))
+	}
+	return in
 }
 
 // running lists the cluster's running nodes as the first live node sees
