@@ -3,10 +3,10 @@
 // unique names so tests can share those servers, private redis-server
 // processes for tests that must stop, flush or fail one over (a single
 // server, with or without persistence or TLS; a Redis Cluster; a master and
-// replica watched by a Sentinel), private rabbitmq-server nodes (a single
-// node, with or without TLS, or a cluster) for tests that must stop, block
-// or cut the broker, certificates of the test's own, and a TCP proxy that
-// can cut a connection the way a network failure would.
+// replica watched by a Sentinel), private rabbitmq-server processes (a
+// single node, with or without TLS, or a cluster) for tests that must stop,
+// block or cut the broker, certificates of the test's own, and a TCP proxy
+// that can cut a connection the way a network failure would.
 //
 // Outside CI a test whose service is unreachable is skipped with a message
 // saying how to start it; when CI is set (or REQUIRE_SERVICES=1) it fails.
