@@ -15,7 +15,7 @@ import (
 
 // Publishing bounds: confirms outstanding, by count and by bytes.
 const (
-	publishWindow      = 512
+	publishWindow      = 4096
 	publishWindowBytes = 64 << 20
 )
 

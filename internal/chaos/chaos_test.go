@@ -35,8 +35,9 @@ type suite struct {
 	bin     string
 	node    *testenv.RabbitMQ
 	cluster *testenv.RabbitMQCluster
-	// big is 50,000 messages, small 10,000 (see newInput).
-	big, small *input
+	// big is 50,000 events, medium 20,000 and small 10,000, with their
+	// hostile messages (see newInput).
+	big, medium, small *input
 
 	mu      sync.Mutex
 	results []*figures
@@ -52,8 +53,9 @@ func TestChaos(t *testing.T) {
 		s.cluster = testenv.LaunchRabbitMQCluster(t, 3)
 	}
 	s.big = newInput(t, s.bin, "50k", 100)
+	s.medium = newInput(t, s.bin, "20k", 40)
 	s.small = newInput(t, s.bin, "10k", 20)
-	t.Logf("inputs: %s; %s", s.big.describe(), s.small.describe())
+	t.Logf("inputs: %s; %s; %s", s.big.describe(), s.medium.describe(), s.small.describe())
 	s.node.WaitReady()
 	t.Logf("private broker node ready after %s", time.Since(start).Round(100*time.Millisecond))
 
@@ -111,9 +113,15 @@ func (s *suite) scenario(t *testing.T, name string, fn func(t *testing.T, f *fig
 	})
 }
 
-// buildService builds the service binary once, as make build does.
+// buildService builds the service binary once, as make build does, or
+// returns CHAOS_SERVICE_BINARY when that names one to test instead (a
+// release build, say).
 func buildService(t *testing.T) string {
 	t.Helper()
+	if bin := os.Getenv("CHAOS_SERVICE_BINARY"); bin != "" {
+		t.Logf("testing %s", bin)
+		return bin
+	}
 	bin := filepath.Join(t.TempDir(), "audit-log-analysis")
 	goBin, err := exec.LookPath("go")
 	if err != nil {
@@ -129,9 +137,9 @@ func buildService(t *testing.T) string {
 
 // run is one scenario's queues, input and service.
 type run struct {
-	t      *testing.T
-	bin    string
-	in     *input
+	t   *testing.T
+	bin string
+	in  *input
 	// node is the broker node the suite itself talks to, url its URL.
 	node   *testenv.RabbitMQ
 	url    string

@@ -44,6 +44,9 @@ type input struct {
 	alertEvents map[string][]int
 	// eventLine maps event_id to its index in msgs.
 	eventLine map[string]int
+	// triples are the planted bursts of exactly three failed logins, by
+	// their event ids.
+	triples [][]string
 }
 
 // Inputs are chunks of the sample generator's stream, one after another,
@@ -62,8 +65,9 @@ const (
 func newInput(t *testing.T, bin, name string, chunks int) *input {
 	t.Helper()
 	var stream bytes.Buffer
+	var triples [][]string
 	for i := range chunks {
-		_, err := sample.Generate(&stream, sample.Options{
+		plan, err := sample.Generate(&stream, sample.Options{
 			Seed:   uint64(i + 1),
 			Events: chunkLines,
 			Start:  sample.DefaultStart().Add(time.Duration(i) * chunkGap),
@@ -71,8 +75,19 @@ func newInput(t *testing.T, bin, name string, chunks int) *input {
 		if err != nil {
 			t.Fatalf("generate events: %v", err)
 		}
+		for _, sc := range plan.Scenarios {
+			if sc.Kind == sample.FailedLoginBurst && len(sc.Events) == 3 {
+				var ids []string
+				for _, e := range sc.Events {
+					ids = append(ids, e.ID)
+				}
+				triples = append(triples, ids)
+			}
+		}
 	}
-	return buildInput(t, bin, name, stream.Bytes(), true)
+	in := buildInput(t, bin, name, stream.Bytes(), true)
+	in.triples = triples
+	return in
 }
 
 // extraHostile are bodies no producer should send, beyond the malformed
