@@ -361,6 +361,34 @@ func (s *service) ended() []lifetime {
 	return slices.Clone(s.lifetimes)
 }
 
+// alertsLogged returns, by alert_id, when the service logged each alert
+// as published (confirmed by the broker), the latest time for an id
+// published more than once.
+func (s *service) alertsLogged() map[string]time.Time {
+	s.t.Helper()
+	data, err := os.ReadFile(s.log)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	at := map[string]time.Time{}
+	for line := range strings.Lines(string(data)) {
+		if !strings.Contains(line, `"alert published"`) {
+			continue
+		}
+		var l struct {
+			Time    time.Time `json:"time"`
+			AlertID string    `json:"alert_id"`
+		}
+		if err := json.Unmarshal([]byte(line), &l); err != nil || l.AlertID == "" {
+			continue
+		}
+		if l.Time.After(at[l.AlertID]) {
+			at[l.AlertID] = l.Time
+		}
+	}
+	return at
+}
+
 // tail returns the last n lines of a file, leaving out those containing
 // skip (unless it is empty).
 func tail(path string, n int, skip string) string {
