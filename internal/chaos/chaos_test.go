@@ -1,13 +1,5 @@
 //go:build chaos
 
-// Package chaos is the fault-injection suite (make chaos): it runs the
-// service binary against private rabbitmq-server and redis-server
-// processes, publishes events with planted attacks and hostile messages,
-// breaks the broker or Redis while the service works, and checks that no
-// alert and no event was lost, duplicates are identical, dead letters are
-// exactly the hostile messages, and the metrics count each event once.
-//
-// It is behind the chaos build tag, so go test ./... does not run it.
 package chaos
 
 import (
