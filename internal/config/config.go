@@ -38,19 +38,10 @@ type Config struct {
 
 	AppPort        int
 	PrometheusPort int
-	Environment    string
 
-	FailedLoginWindow    time.Duration
-	FailedLoginThreshold int
-	SensitiveFiles       []string
-	// Overrides says which of the three settings above came from the
-	// environment rather than from defaults, so that a rules file can be
-	// told apart from an operator's explicit choice.
-	Overrides Overrides
+	// Detection holds the settings replay reads too.
+	Detection
 
-	// RulesFile is the rules file to load; empty means the built-in rules.
-	RulesFile       string
-	MaxClockSkew    time.Duration
 	ShutdownTimeout time.Duration
 	LogLevel        slog.Level
 	LogFormat       string // "json" or "text"
@@ -63,13 +54,6 @@ type Redis struct {
 	Password string
 	DB       int
 	TLS      bool
-}
-
-// Overrides records which detection settings were set explicitly.
-type Overrides struct {
-	FailedLoginWindow    bool
-	FailedLoginThreshold bool
-	SensitiveFiles       bool
 }
 
 // Defaults, as the service has always had them.
@@ -96,14 +80,6 @@ const (
 	defaultLogFormat       = "json"
 )
 
-// defaultSensitiveFiles are watched when SENSITIVE_FILES is unset.
-var defaultSensitiveFiles = []string{
-	"/etc/sudoers",
-	"/root/.ssh/authorized_keys",
-	"/etc/shadow",
-	"/etc/passwd",
-}
-
 // Load reads the configuration through getenv (os.Getenv, or the result of
 // WithDotEnv, or a map in tests). An empty value counts as unset. It reports
 // every invalid variable at once, one error per variable joined with
@@ -119,21 +95,10 @@ func Load(getenv func(string) string) (Config, error) {
 		RedisKeyPrefix:     l.keyPrefix(),
 		AppPort:            l.port("APP_PORT", defaultAppPort),
 		PrometheusPort:     l.port("PROMETHEUS_PORT", defaultPrometheusPort),
-		Environment:        l.str("ENVIRONMENT", defaultEnvironment),
-		FailedLoginWindow:  l.seconds("FAILED_LOGIN_WINDOW_SECONDS", defaultWindow),
-		FailedLoginThreshold: l.integer("FAILED_LOGIN_THRESHOLD", defaultThreshold, 1, math.MaxInt,
-			"a threshold (an integer >= 1)"),
-		SensitiveFiles: l.paths("SENSITIVE_FILES", defaultSensitiveFiles),
-		Overrides: Overrides{
-			FailedLoginWindow:    l.isSet("FAILED_LOGIN_WINDOW_SECONDS"),
-			FailedLoginThreshold: l.isSet("FAILED_LOGIN_THRESHOLD"),
-			SensitiveFiles:       l.isSet("SENSITIVE_FILES"),
-		},
-		RulesFile:       l.str("RULES_FILE", ""),
-		MaxClockSkew:    l.duration("MAX_CLOCK_SKEW", defaultMaxClockSkew, false),
-		ShutdownTimeout: l.duration("SHUTDOWN_TIMEOUT", defaultShutdownTimeout, true),
-		LogLevel:        l.logLevel(),
-		LogFormat:       l.oneOf("LOG_FORMAT", defaultLogFormat, "json", "text"),
+		Detection:          l.detection(),
+		ShutdownTimeout:    l.duration("SHUTDOWN_TIMEOUT", defaultShutdownTimeout, true),
+		LogLevel:           l.logLevel(),
+		LogFormat:          l.oneOf("LOG_FORMAT", defaultLogFormat, "json", "text"),
 	}
 	c.RabbitMQDeadLetterQueue = l.deadLetterQueue(c.RabbitMQQueue)
 
@@ -182,7 +147,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("failed_login_window", c.FailedLoginWindow.String()),
 		slog.Int("failed_login_threshold", c.FailedLoginThreshold),
 		slog.Any("sensitive_files", c.SensitiveFiles),
-		slog.String("rules_file", c.RulesFile),
+		slog.Any("rules_files", c.RulesFiles),
+		slog.Bool("rules_builtin", c.RulesBuiltin),
 		slog.String("max_clock_skew", c.MaxClockSkew.String()),
 		slog.String("shutdown_timeout", c.ShutdownTimeout.String()),
 		slog.String("log_level", c.LogLevel.String()),
