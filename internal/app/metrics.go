@@ -128,8 +128,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"source", "sha256"}),
 		buildInfo: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "audit_analysis_build_info",
-			Help: "The running version.",
-		}, []string{"version"}),
+			Help: "The running version and VCS revision.",
+		}, []string{"version", "revision"}),
 		lastAlertUnixSec: f.NewGauge(prometheus.GaugeOpts{
 			Name: "audit_analysis_last_alert_timestamp_seconds",
 			Help: "Unix time of the last alert published.",

@@ -28,26 +28,54 @@ import (
 
 // Serve runs the service until ctx is cancelled, then stops it in order:
 // consuming first (the batch in flight is finished and acknowledged), then
-// publishing, the HTTP servers and Redis.
-func Serve(ctx context.Context, env Env, rulesFile string) error {
-	cfg, err := loadConfig(env.Getenv)
+// publishing, the HTTP servers and Redis. rulePaths, when given, replace
+// RULES_FILE. An error that stops the service, at start-up or later, is
+// logged in the configured format before it is returned.
+func Serve(ctx context.Context, env Env, rulePaths []string) (err error) {
+	getenv, envFile, dotErr := withDotEnv(env.Getenv)
+	if dotErr != nil {
+		getenv = env.Getenv
+	}
+	level, format := config.LoadLogging(getenv)
+	logger := newLogger(level, format, env.Stdout)
+	started := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		msg := "start-up failed"
+		if started {
+			msg = "stopped with an error"
+		}
+		logger.Error(msg, "error", err)
+		err = reportedError{err}
+	}()
+	if dotErr != nil {
+		return dotErr
+	}
+	cfg, err := config.Load(getenv)
 	if err != nil {
-		return err
+		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	if rulesFile != "" {
-		cfg.RulesFile = rulesFile
+	if len(rulePaths) > 0 {
+		cfg.RulesFiles = rulePaths
 	}
-	logger := newLogger(cfg, env.Stdout)
-	logger.Info("starting", "version", env.Version, "config", cfg)
+	startAttrs := []any{"version", env.Build.String()}
+	if envFile != "" {
+		startAttrs = append(startAttrs, "env_file", envFile)
+	}
+	logger.Info("starting", append(startAttrs, "config", cfg)...)
 
-	set, err := loadRules(cfg, cfg.RulesFile, logger)
+	rulesLogger := logger.With("component", "rules")
+	set, err := loadRules(cfg.Detection, cfg.RulesFiles, rulesLogger)
 	if err != nil {
 		return fmt.Errorf("load rules: %w", err)
 	}
+	logRules(rulesLogger, "rules loaded", set)
 
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg)
-	m.buildInfo.WithLabelValues(env.Version).Set(1)
+	m.buildInfo.WithLabelValues(orDev(env.Build.Version), env.Build.shortRevision()).Set(1)
 
 	// Listen before anything else, so a port in use fails the start at
 	// once instead of after the broker connections are up.
@@ -74,7 +102,7 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 		Environment:  cfg.Environment,
 		MaxClockSkew: cfg.MaxClockSkew,
 	})
-	reloader := &reloader{engine: engine, cfg: cfg, metrics: m, logger: logger.With("component", "rules")}
+	reloader := &reloader{engine: engine, detection: cfg.Detection, paths: cfg.RulesFiles, metrics: m, logger: rulesLogger}
 	reloader.publish(set)
 
 	queues := []string{cfg.RabbitMQAlertQueue}
@@ -119,7 +147,7 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 	}
 
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
-	appSrv := httpapi.NewServer(appLn.Addr().String(), httpapi.NewAppHandler(h, metricsHandler))
+	appSrv := httpapi.NewServer(appLn.Addr().String(), httpapi.NewAppHandler(h, ruleLister{engine}, metricsHandler))
 	promSrv := httpapi.NewServer(promLn.Addr().String(), httpapi.NewMetricsHandler(metricsHandler))
 
 	// Background parts stop when their context ends; the publisher gets
@@ -151,6 +179,7 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 		"queue", cfg.RabbitMQQueue, "alert_queue", cfg.RabbitMQAlertQueue, "dead_letter_queue", cfg.RabbitMQDeadLetterQueue,
 		"rules", set.Source, "rules_enabled", set.Enabled())
 
+	started = true
 	consumeCtx, stopConsuming := context.WithCancel(ctx)
 	defer stopConsuming()
 	consumerDone := make(chan error, 1)
@@ -196,9 +225,9 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	}
 }
 
-func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
-	if cfg.LogFormat == "text" {
+func newLogger(level slog.Level, format string, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level}
+	if format == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))

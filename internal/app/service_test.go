@@ -102,7 +102,7 @@ func startService(t *testing.T, env map[string]string) *service {
 	}
 	getenv := func(k string) string { return env[k] }
 	go func() {
-		s.done <- Main(ctx, Env{Args: []string{"audit-log-analysis"}, Getenv: getenv, Stdin: strings.NewReader(""), Stdout: s.logs, Stderr: s.logs, Version: "test"})
+		s.done <- Main(ctx, Env{Args: []string{"audit-log-analysis"}, Getenv: getenv, Stdin: strings.NewReader(""), Stdout: s.logs, Stderr: s.logs, Build: Build{Version: "test"}})
 	}()
 	t.Cleanup(func() {
 		s.stop()
@@ -593,6 +593,7 @@ rules:
       resource: {path: [/etc/pam.d/*]}
 `)
 	env["RULES_FILE"] = rulesFile
+	env["RULES_BUILTIN"] = "false"
 	s := startService(t, env)
 	t.Cleanup(func() { deleteKeys(t, redisAddr, s.prefix) })
 

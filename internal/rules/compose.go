@@ -93,12 +93,13 @@ func LoadPaths(paths []string) ([]*Set, error) {
 
 // ParseFile is Parse that also records, in each rule, the file it comes
 // from and a digest of its definition, so that a reload can say which
-// rules changed.
+// rules changed, and the file's Lint warnings.
 func ParseFile(source string, data []byte) (*Set, error) {
 	set, err := Parse(source, data)
 	if err != nil {
 		return nil, err
 	}
+	set.Warnings = Lint(source, data)
 	digests := ruleDigests(data)
 	for _, r := range set.Rules {
 		r.File = source
@@ -155,6 +156,12 @@ func Compose(builtin *Set, files []*Set) (*Set, []string, error) {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, nil, err
+	}
+	if builtin != nil {
+		out.Warnings = append(out.Warnings, builtin.Warnings...)
+	}
+	for _, f := range files {
+		out.Warnings = append(out.Warnings, f.Warnings...)
 	}
 	out.Source = strings.Join(sources, ",")
 	out.Hash = composedHash(builtin, files)
@@ -239,7 +246,8 @@ func (c Change) Empty() bool { return len(c.Added)+len(c.Removed)+len(c.Changed)
 // Diff compares two rule sets by rule id: a rule is changed when its
 // definition, its file or its enabled state differs.
 func Diff(old, cur *Set) Change {
-	var c Change
+	// Empty lists rather than nil, so that logs show [] and not null.
+	c := Change{Added: []string{}, Removed: []string{}, Changed: []string{}}
 	before := map[string]*Rule{}
 	if old != nil {
 		for _, r := range old.Rules {

@@ -213,7 +213,7 @@ func TestDiffNamesAddedRemovedAndChangedRules(t *testing.T) {
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Diff = %+v, want %+v", got, want)
 	}
-	if !Diff(cur, cur).Empty() {
+	if d := Diff(cur, cur); !d.Empty() || d.Removed == nil {
 		t.Error("a set differs from itself")
 	}
 	if old.Hash == cur.Hash {

@@ -99,6 +99,8 @@ type Set struct {
 	// file's bytes.
 	Source string
 	Hash   string
+	// Warnings are Lint's findings for the file (set by ParseFile).
+	Warnings []string
 }
 
 // Enabled counts the enabled rules.
