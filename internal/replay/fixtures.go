@@ -146,7 +146,11 @@ func runFixture(ctx context.Context, file string) (string, []string) {
 		}
 		got = append(got, a)
 	}
-	return fx.Name, compare(fx.Expect, got)
+	problems := compare(fx.Expect, got)
+	if len(problems) > 0 {
+		problems = append(problems, sideBySide(fx.Expect, got)...)
+	}
+	return fx.Name, problems
 }
 
 func fixtureRules(file, rel string) (*rules.Set, error) {
@@ -164,7 +168,7 @@ func compare(want []Expectation, got []alert.Alert) []string {
 			problems = append(problems, fmt.Sprintf("alert %d: want %s, got no alert", i+1, describe(want[i])))
 			continue
 		case i >= len(want):
-			problems = append(problems, fmt.Sprintf("alert %d: unexpected %s %v (count %s)", i+1, got[i].AnalysisRule.RuleID, got[i].Group, windowCount(got[i])))
+			problems = append(problems, fmt.Sprintf("alert %d: unexpected %s alert", i+1, got[i].AnalysisRule.RuleID))
 			continue
 		}
 		w, g := want[i], got[i]
@@ -173,7 +177,7 @@ func compare(want []Expectation, got []alert.Alert) []string {
 			diffs = append(diffs, fmt.Sprintf("rule %s, want %s", g.AnalysisRule.RuleID, w.Rule))
 		}
 		if w.Group != nil && !maps.Equal(w.Group, g.Group) {
-			diffs = append(diffs, fmt.Sprintf("group %v, want %v", g.Group, w.Group))
+			diffs = append(diffs, fmt.Sprintf("group %s, want %s", formatGroup(g.Group), formatGroup(w.Group)))
 		}
 		if w.Count != nil && (g.Window == nil || g.Window.Count != *w.Count) {
 			diffs = append(diffs, fmt.Sprintf("count %s, want %d", windowCount(g), *w.Count))
