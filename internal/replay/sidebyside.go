@@ -71,10 +71,6 @@ func sideBySide(want []Expectation, got []alert.Alert) []string {
 		out = append(out, "[]")
 	}
 	for _, r := range rows {
-		mark := "| "
-		if r.differ {
-			mark = "≠ "
-		}
 		for j := range max(len(r.left), len(r.right)) {
 			var l, rt string
 			if j < len(r.left) {
@@ -82,6 +78,12 @@ func sideBySide(want []Expectation, got []alert.Alert) []string {
 			}
 			if j < len(r.right) {
 				rt = r.right[j]
+			}
+			// A line differs when its two sides do, or the key as a
+			// whole does and the line is one side's alone.
+			mark := "| "
+			if l != rt && (r.differ || l == "" || rt == "") {
+				mark = "≠ "
 			}
 			out = append(out, strings.TrimRight(pad(l)+mark+rt, " "))
 		}
