@@ -7,16 +7,30 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BINARY  := bin/audit-log-analysis
 PKGS    ?= ./...
 
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 GO      ?= go
 
+# Recipes run with bash and pipefail, so that a failing command on the
+# left of a pipe fails the target.
+SHELL       := bash
+.SHELLFLAGS := -o pipefail -c
+
 .DEFAULT_GOAL := build
-.PHONY: build test lint run replay bench tidy-check
+.PHONY: build test unit lint run replay bench tidy-check
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BINARY) ./cmd/audit-log-analysis
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)" -o $(BINARY) ./cmd/audit-log-analysis
 
+# The whole suite against real servers (TEST_RABBITMQ_URL, TEST_REDIS_ADDR,
+# TEST_POSTGRES_DSN; see README). It ends with a line counting the skipped
+# tests and naming the servers they missed.
 test:
-	$(GO) test -race -count=1 $(PKGS)
+	$(GO) test -race -count=1 -json $(PKGS) | $(GO) run ./internal/testenv/testsummary
+
+# The tests that need no server: every test that would connect to one is
+# skipped (-short).
+unit:
+	$(GO) test -race -count=1 -short -json $(PKGS) | $(GO) run ./internal/testenv/testsummary
 
 # gofmt -l lists files that need formatting; any output fails the target.
 lint:

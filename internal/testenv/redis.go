@@ -26,6 +26,7 @@ type RedisServer struct {
 // services are required.
 func StartRedis(t testing.TB) *RedisServer {
 	t.Helper()
+	skipShort(t, "redis-server")
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		msg := "redis-server is not installed: apt-get install redis-server"
 		if Required() {
