@@ -88,7 +88,7 @@ func TestTheAlertSchemaRefusesWhatCannotBeStored(t *testing.T) {
 		t.Fatalf("the starting alert is invalid: %v", err)
 	}
 	for name, edit := range map[string]func(m map[string]any){
-		"no alert_id":                func(m map[string]any) { delete(m, "alert_id") },
+		"no alert_id":                 func(m map[string]any) { delete(m, "alert_id") },
 		"an alert_id that is no UUID": func(m map[string]any) { m["alert_id"] = "alert-1" },
 		"a 256-character alert_name":  func(m map[string]any) { m["alert_name"] = strings.Repeat("a", 256) },
 		"a 51-character severity":     func(m map[string]any) { m["severity"] = strings.Repeat("é", 51) },
@@ -96,7 +96,7 @@ func TestTheAlertSchemaRefusesWhatCannotBeStored(t *testing.T) {
 		"a client_ip that is no address": func(m map[string]any) {
 			m["triggered_by"].(map[string]any)["client_ip"] = "N/A"
 		},
-		"raw_event_data that is no object": func(m map[string]any) { m["raw_event_data"] = "[]" },
+		"raw_event_data that is no object":   func(m map[string]any) { m["raw_event_data"] = "[]" },
 		"a field the contract does not know": func(m map[string]any) { m["extra"] = 1 },
 		"a timestamp with an offset":         func(m map[string]any) { m["timestamp"] = "2026-11-01T10:00:00+00:00Z" },
 	} {
