@@ -1,6 +1,9 @@
 package app
 
 import (
+	"regexp"
+	"slices"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -147,4 +150,53 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.rulesReload.WithLabelValues(r)
 	}
 	return m
+}
+
+// MetricNames returns the name of every metric family the service
+// exports, from the same constructor Serve uses, so that tooling can check
+// dashboards and alert rules against what really exists. Histograms are
+// listed by their base name (without _bucket, _sum and _count).
+func MetricNames() []string {
+	rec := &describingRegisterer{Registerer: prometheus.NewRegistry()}
+	newMetrics(rec)
+	ch := make(chan *prometheus.Desc, 64)
+	go func() {
+		for _, c := range rec.collectors {
+			c.Describe(ch)
+		}
+		close(ch)
+	}()
+	seen := map[string]bool{}
+	var names []string
+	for d := range ch {
+		// Desc keeps its name unexported; its String form starts with it.
+		m := descName.FindStringSubmatch(d.String())
+		if m != nil && !seen[m[1]] {
+			seen[m[1]] = true
+			names = append(names, m[1])
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+var descName = regexp.MustCompile(`^Desc\{fqName: "([^"]+)"`)
+
+// describingRegisterer records what is registered through it.
+type describingRegisterer struct {
+	prometheus.Registerer
+	collectors []prometheus.Collector
+}
+
+func (r *describingRegisterer) Register(c prometheus.Collector) error {
+	r.collectors = append(r.collectors, c)
+	return r.Registerer.Register(c)
+}
+
+func (r *describingRegisterer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			panic(err)
+		}
+	}
 }
