@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"time"
@@ -116,22 +117,39 @@ func orDash(s string) string {
 // dialTimeout bounds a command's connection to the broker.
 const dialTimeout = 10 * time.Second
 
-// dialBroker opens one connection for a command; the service itself
-// connects through internal/broker, which reconnects.
+// dialBroker opens one connection for a command, to the first node of
+// RABBITMQ_URLS that answers; the service itself connects through
+// internal/broker, which reconnects.
 func dialBroker(ctx context.Context, cfg config.Config, name string) (*amqp.Connection, error) {
 	props := amqp.NewConnectionProperties()
 	props["connection_name"] = name
-	conn, err := amqp.DialConfig(cfg.RabbitMQURL, amqp.Config{
-		Properties: props,
-		Dial: func(network, addr string) (net.Conn, error) {
-			d := net.Dialer{Timeout: dialTimeout}
-			dctx, cancel := context.WithTimeout(ctx, dialTimeout)
-			defer cancel()
-			return d.DialContext(dctx, network, addr)
-		},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("connect to RabbitMQ at %s: %w", cfg.RedactedRabbitMQURL(), err)
+	redacted := cfg.RedactedRabbitMQURLs()
+	var errs []error
+	for i, raw := range cfg.RabbitMQURLs {
+		u, err := amqp.ParseURI(raw)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", redacted[i], err))
+			continue
+		}
+		ac := amqp.Config{
+			Properties: props,
+			Dial: func(network, addr string) (net.Conn, error) {
+				d := net.Dialer{Timeout: dialTimeout}
+				dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+				defer cancel()
+				return d.DialContext(dctx, network, addr)
+			},
+		}
+		if u.Scheme == "amqps" {
+			if ac.TLSClientConfig, err = cfg.RabbitMQTLS.ClientConfig(u.Host); err != nil {
+				return nil, fmt.Errorf("RabbitMQ TLS: %w", err)
+			}
+		}
+		conn, err := amqp.DialConfig(raw, ac)
+		if err == nil {
+			return conn, nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", redacted[i], err))
 	}
-	return conn, nil
+	return nil, fmt.Errorf("connect to RabbitMQ: %w", errors.Join(errs...))
 }

@@ -38,6 +38,13 @@ type metrics struct {
 	rulesInfo        *prometheus.GaugeVec
 	buildInfo        *prometheus.GaugeVec
 	lastAlertUnixSec prometheus.Gauge
+
+	stateResets   prometheus.Counter
+	brokerErrors  *prometheus.CounterVec
+	brokerBlocked prometheus.Gauge
+	queueMessages *prometheus.GaugeVec
+	eventLag      prometheus.Histogram
+	inflightBytes prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -136,6 +143,31 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		lastAlertUnixSec: f.NewGauge(prometheus.GaugeOpts{
 			Name: "audit_analysis_last_alert_timestamp_seconds",
 			Help: "Unix time of the last alert published.",
+		}),
+		stateResets: f.NewCounter(prometheus.CounterOpts{
+			Name: "audit_analysis_state_resets_total",
+			Help: "Times Redis was found to have lost the service's state (a restart without persistence, a failover to an empty replica, FLUSHALL): bursts in progress were forgotten.",
+		}),
+		brokerErrors: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "audit_analysis_rabbitmq_errors_total",
+			Help: "RabbitMQ errors that retrying alone will not fix (access refused, precondition failed, missing vhost, authentication failure), by reason.",
+		}, []string{"reason"}),
+		brokerBlocked: f.NewGauge(prometheus.GaugeOpts{
+			Name: "audit_analysis_rabbitmq_blocked",
+			Help: "1 while the broker blocks the publisher connection (a memory or disk alarm), else 0.",
+		}),
+		queueMessages: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "audit_analysis_rabbitmq_queue_messages",
+			Help: "Messages ready in a queue the service uses, as the broker last reported it.",
+		}, []string{"queue"}),
+		eventLag: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "audit_analysis_event_lag_seconds",
+			Help:    "Time from an event's own timestamp to the end of its handling (alerts confirmed); events without a readable timestamp are left out.",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600},
+		}),
+		inflightBytes: f.NewGauge(prometheus.GaugeOpts{
+			Name: "audit_analysis_inflight_bytes",
+			Help: "Bytes of message bodies being handled (bounded by MAX_INFLIGHT_BYTES).",
 		}),
 	}
 	// Series exist from the start, so rate() and absent() work before the

@@ -19,17 +19,32 @@ import (
 // Config is the whole of the service's configuration. Load fills it from the
 // environment; nothing else in the service reads environment variables.
 type Config struct {
-	// RabbitMQURL is RABBITMQ_URL, or a URL built from RABBITMQ_USER,
-	// RABBITMQ_PASS, RABBITMQ_HOST and RABBITMQ_PORT. It holds the password:
-	// log RedactedRabbitMQURL instead.
-	RabbitMQURL        string
+	// RabbitMQURLs are the nodes of one RabbitMQ cluster, tried in order:
+	// RABBITMQ_URLS, else RABBITMQ_URL, else one URL built from
+	// RABBITMQ_USER, RABBITMQ_PASS, RABBITMQ_HOST and RABBITMQ_PORT. They
+	// hold the password: log RedactedRabbitMQURLs instead.
+	RabbitMQURLs       []string
 	RabbitMQQueue      string
 	RabbitMQAlertQueue string
+	// RabbitMQQueueType is the x-queue-type given to a queue the service
+	// has to create: "classic" or "quorum". An existing queue is used as
+	// the platform declared it, whatever its type and arguments.
+	RabbitMQQueueType string
+	// RabbitMQMaxDeliveries: a delivery whose x-delivery-count (quorum
+	// queues count deliveries) says it was delivered more often than this
+	// is dead-lettered instead of handled again.
+	RabbitMQMaxDeliveries int
+	// RabbitMQTLS are the files for amqps:// connections; empty files
+	// mean the system roots and no client certificate.
+	RabbitMQTLS TLSFiles
 	// RabbitMQDeadLetterQueue receives deliveries that can never be
 	// processed. Empty means dead-lettering is off and such deliveries are
 	// rejected without requeue.
 	RabbitMQDeadLetterQueue string
 	RabbitMQPrefetch        int
+	// MaxInflightBytes bounds the bodies of the deliveries being handled
+	// at once: a batch closes early when it reaches it.
+	MaxInflightBytes int64
 
 	Redis Redis
 	// RedisKeyPrefix starts every key the service writes. It never contains
@@ -47,14 +62,49 @@ type Config struct {
 	LogFormat       string // "json" or "text"
 }
 
-// Redis says how to reach Redis.
+// Redis says how to reach Redis: one server at Addr, a Redis Cluster
+// through ClusterAddrs, or the master that Sentinels at SentinelAddrs name
+// SentinelMaster. At most one of ClusterAddrs and SentinelAddrs is set.
 type Redis struct {
 	Addr     string // host:port
 	Username string
 	Password string
 	DB       int
+	// TLS is set by a rediss:// URL, REDIS_TLS=true or any TLS file.
 	TLS      bool
+	TLSFiles TLSFiles
+
+	// ClusterAddrs are seed nodes (host:port) of a Redis Cluster.
+	ClusterAddrs []string
+	// SentinelAddrs are Sentinels (host:port) that watch SentinelMaster.
+	SentinelAddrs    []string
+	SentinelMaster   string
+	SentinelUsername string
+	SentinelPassword string
 }
+
+// Mode names how Redis is reached: "single", "cluster" or "sentinel".
+func (r Redis) Mode() string {
+	switch {
+	case len(r.ClusterAddrs) > 0:
+		return "cluster"
+	case len(r.SentinelAddrs) > 0:
+		return "sentinel"
+	}
+	return "single"
+}
+
+// TLSFiles are PEM files for a TLS client: the CA that signs the server's
+// certificate (empty: the system roots) and the client's certificate and
+// key (both or neither).
+type TLSFiles struct {
+	CAFile   string
+	CertFile string
+	KeyFile  string
+}
+
+// IsZero reports whether no file is set.
+func (f TLSFiles) IsZero() bool { return f == TLSFiles{} }
 
 // Defaults, as the service has always had them.
 const (
@@ -67,6 +117,10 @@ const (
 	deadLetterSuffix       = ".dead-letter"
 	noDeadLetterQueue      = "none"
 	defaultPrefetch        = 256
+	defaultQueueType       = "classic"
+	defaultMaxDeliveries   = 10
+	defaultInflightBytes   = 64 << 20
+	minInflightBytes       = 1 << 20
 	defaultRedisHost       = "redis-service"
 	defaultRedisPort       = 6379
 	defaultRedisKeyPrefix  = "audit-log-analysis:"
@@ -87,18 +141,23 @@ const (
 func Load(getenv func(string) string) (Config, error) {
 	l := &loader{getenv: getenv}
 	c := Config{
-		RabbitMQURL:        l.rabbitMQURL(),
+		RabbitMQURLs:       l.rabbitMQURLs(),
 		RabbitMQQueue:      l.queue("RABBITMQ_QUEUE", defaultQueue),
 		RabbitMQAlertQueue: l.queue("RABBITMQ_ALERT_QUEUE", defaultAlertQueue),
-		RabbitMQPrefetch:   l.integer("RABBITMQ_PREFETCH", defaultPrefetch, 1, math.MaxUint16, "a prefetch count (1-65535)"),
-		Redis:              l.redis(),
-		RedisKeyPrefix:     l.keyPrefix(),
-		AppPort:            l.port("APP_PORT", defaultAppPort),
-		PrometheusPort:     l.port("PROMETHEUS_PORT", defaultPrometheusPort),
-		Detection:          l.detection(),
-		ShutdownTimeout:    l.duration("SHUTDOWN_TIMEOUT", defaultShutdownTimeout, true),
-		LogLevel:           l.logLevel(),
-		LogFormat:          l.oneOf("LOG_FORMAT", defaultLogFormat, "json", "text"),
+		RabbitMQQueueType:  l.oneOf("RABBITMQ_QUEUE_TYPE", defaultQueueType, "classic", "quorum"),
+		RabbitMQMaxDeliveries: l.integer("RABBITMQ_MAX_DELIVERIES", defaultMaxDeliveries, 1, math.MaxInt32,
+			"a number of deliveries (an integer >= 1)"),
+		RabbitMQTLS:      l.tlsFiles("RABBITMQ_TLS_"),
+		RabbitMQPrefetch: l.integer("RABBITMQ_PREFETCH", defaultPrefetch, 1, math.MaxUint16, "a prefetch count (1-65535)"),
+		MaxInflightBytes: l.bytes("MAX_INFLIGHT_BYTES", defaultInflightBytes, minInflightBytes),
+		Redis:            l.redis(),
+		RedisKeyPrefix:   l.keyPrefix(),
+		AppPort:          l.port("APP_PORT", defaultAppPort),
+		PrometheusPort:   l.port("PROMETHEUS_PORT", defaultPrometheusPort),
+		Detection:        l.detection(),
+		ShutdownTimeout:  l.duration("SHUTDOWN_TIMEOUT", defaultShutdownTimeout, true),
+		LogLevel:         l.logLevel(),
+		LogFormat:        l.oneOf("LOG_FORMAT", defaultLogFormat, "json", "text"),
 	}
 	c.RabbitMQDeadLetterQueue = l.deadLetterQueue(c.RabbitMQQueue)
 
@@ -110,6 +169,14 @@ func Load(getenv func(string) string) (Config, error) {
 		(dlq == c.RabbitMQQueue || dlq == c.RabbitMQAlertQueue) {
 		l.fail("RABBITMQ_DEAD_LETTER_QUEUE", "%q must differ from RABBITMQ_QUEUE and RABBITMQ_ALERT_QUEUE", dlq)
 	}
+	if !c.RabbitMQTLS.IsZero() && !l.failed("RABBITMQ_URLS") && !l.failed("RABBITMQ_URL") {
+		for _, u := range c.RabbitMQURLs {
+			if !strings.HasPrefix(u, "amqps://") {
+				l.fail("RABBITMQ_TLS_CA_FILE", "TLS files are set but %s is not an amqps:// URL", redactURL(u))
+				break
+			}
+		}
+	}
 	if !l.failed("APP_PORT") && !l.failed("PROMETHEUS_PORT") && c.AppPort == c.PrometheusPort {
 		l.fail("PROMETHEUS_PORT", "%d is also APP_PORT; the two servers need different ports", c.PrometheusPort)
 	}
@@ -120,10 +187,19 @@ func Load(getenv func(string) string) (Config, error) {
 	return c, nil
 }
 
-// RedactedRabbitMQURL returns RabbitMQURL with its password replaced by
-// "xxxxx", for logs and errors.
-func (c Config) RedactedRabbitMQURL() string {
-	u, err := url.Parse(c.RabbitMQURL)
+// RedactedRabbitMQURLs returns RabbitMQURLs with their passwords replaced
+// by "xxxxx", for logs and errors.
+func (c Config) RedactedRabbitMQURLs() []string {
+	out := make([]string, len(c.RabbitMQURLs))
+	for i, u := range c.RabbitMQURLs {
+		out[i] = redactURL(u)
+	}
+	return out
+}
+
+// redactURL returns raw with its password replaced by "xxxxx".
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
 	if err != nil {
 		return "(malformed URL)"
 	}
@@ -134,11 +210,15 @@ func (c Config) RedactedRabbitMQURL() string {
 // whether passwords are set, never what they are.
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
-		slog.String("rabbitmq_url", c.RedactedRabbitMQURL()),
+		slog.Any("rabbitmq_urls", c.RedactedRabbitMQURLs()),
 		slog.String("rabbitmq_queue", c.RabbitMQQueue),
 		slog.String("rabbitmq_alert_queue", c.RabbitMQAlertQueue),
 		slog.String("rabbitmq_dead_letter_queue", c.RabbitMQDeadLetterQueue),
+		slog.String("rabbitmq_queue_type", c.RabbitMQQueueType),
+		slog.Int("rabbitmq_max_deliveries", c.RabbitMQMaxDeliveries),
+		slog.Any("rabbitmq_tls", c.RabbitMQTLS),
 		slog.Int("rabbitmq_prefetch", c.RabbitMQPrefetch),
+		slog.Int64("max_inflight_bytes", c.MaxInflightBytes),
 		slog.Any("redis", c.Redis),
 		slog.String("redis_key_prefix", c.RedisKeyPrefix),
 		slog.Int("app_port", c.AppPort),
@@ -159,12 +239,32 @@ func (c Config) LogValue() slog.Value {
 // LogValue describes the Redis settings without the password, so that
 // logging a Redis value on its own is as safe as logging a Config.
 func (r Redis) LogValue() slog.Value {
-	return slog.GroupValue(
-		slog.String("addr", r.Addr),
+	attrs := []slog.Attr{slog.String("mode", r.Mode())}
+	switch r.Mode() {
+	case "cluster":
+		attrs = append(attrs, slog.Any("cluster_addrs", r.ClusterAddrs))
+	case "sentinel":
+		attrs = append(attrs, slog.Any("sentinel_addrs", r.SentinelAddrs), slog.String("sentinel_master", r.SentinelMaster),
+			slog.String("sentinel_username", r.SentinelUsername), slog.Bool("sentinel_password_set", r.SentinelPassword != ""))
+	default:
+		attrs = append(attrs, slog.String("addr", r.Addr))
+	}
+	return slog.GroupValue(append(attrs,
 		slog.String("username", r.Username),
 		slog.Bool("password_set", r.Password != ""),
 		slog.Int("db", r.DB),
 		slog.Bool("tls", r.TLS),
+		slog.Any("tls_files", r.TLSFiles),
+	)...)
+}
+
+// LogValue names the files; they hold no secret but the key, whose path
+// is not one.
+func (f TLSFiles) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("ca_file", f.CAFile),
+		slog.String("cert_file", f.CertFile),
+		slog.String("key_file", f.KeyFile),
 	)
 }
 
@@ -379,33 +479,169 @@ func validHost(h string) (string, bool) {
 	return h, true
 }
 
-// rabbitMQURL returns RABBITMQ_URL if set and valid, or builds the URL from
-// its parts. The parts are validated whenever they are set, used or not.
-func (l *loader) rabbitMQURL() string {
+// rabbitMQURLs returns the URLs of RABBITMQ_URLS if set and valid, else
+// RABBITMQ_URL's, else one URL built from its parts. The parts are
+// validated whenever they are set, used or not.
+func (l *loader) rabbitMQURLs() []string {
 	user := l.str("RABBITMQ_USER", defaultRabbitMQUser)
 	pass := l.str("RABBITMQ_PASS", defaultRabbitMQPass)
 	host := l.host("RABBITMQ_HOST", defaultRabbitMQHost)
 	port := l.port("RABBITMQ_PORT", defaultRabbitMQPort)
 
-	const name = "RABBITMQ_URL"
-	raw := l.getenv(name)
-	if raw == "" {
-		u := url.URL{
-			Scheme: "amqp",
-			User:   url.UserPassword(user, pass),
-			Host:   net.JoinHostPort(host, strconv.Itoa(port)),
-			Path:   "/",
+	if raw := l.getenv("RABBITMQ_URLS"); raw != "" {
+		var urls []string
+		for i, u := range strings.Split(raw, ",") {
+			u = strings.TrimSpace(u)
+			if u == "" {
+				continue
+			}
+			if l.amqpURL("RABBITMQ_URLS", u, i+1) {
+				urls = append(urls, u)
+			}
 		}
-		return u.String()
+		if len(urls) == 0 && !l.failed("RABBITMQ_URLS") {
+			l.fail("RABBITMQ_URLS", "names no URL")
+		}
+		// RABBITMQ_URL is still checked when set, so a typo there is not
+		// silently ignored.
+		if raw := l.getenv("RABBITMQ_URL"); raw != "" {
+			l.amqpURL("RABBITMQ_URL", raw, 0)
+		}
+		return urls
 	}
+	if raw := l.getenv("RABBITMQ_URL"); raw != "" {
+		if !l.amqpURL("RABBITMQ_URL", raw, 0) {
+			return nil
+		}
+		return []string{raw}
+	}
+	u := url.URL{
+		Scheme: "amqp",
+		User:   url.UserPassword(user, pass),
+		Host:   net.JoinHostPort(host, strconv.Itoa(port)),
+		Path:   "/",
+	}
+	return []string{u.String()}
+}
+
+// amqpURL checks one amqp:// or amqps:// URL of variable name; n > 0 is
+// its position in a list, for errors.
+func (l *loader) amqpURL(name, raw string, n int) bool {
+	at := ""
+	if n > 0 {
+		at = fmt.Sprintf("URL %d: ", n)
+	}
+	before := len(l.problems[name])
 	u, ok := l.parseURL(name, raw, "amqp://user:password@host:port/vhost")
-	if !ok {
-		return ""
-	}
-	if u.Scheme != "amqp" && u.Scheme != "amqps" {
+	if ok && u.Scheme != "amqp" && u.Scheme != "amqps" {
 		l.fail(name, "scheme %q is not amqp or amqps", u.Scheme)
 	}
-	return raw
+	if probs := l.problems[name]; len(probs) > before {
+		for i := before; i < len(probs); i++ {
+			probs[i] = at + probs[i]
+		}
+		return false
+	}
+	return true
+}
+
+// addrs reads a comma-separated list of host:port addresses.
+func (l *loader) addrs(name string) []string {
+	v := l.getenv(name)
+	if v == "" {
+		return nil
+	}
+	var out []string
+	for a := range strings.SplitSeq(v, ",") {
+		a = strings.TrimSpace(a)
+		if a == "" {
+			continue
+		}
+		host, port, err := net.SplitHostPort(a)
+		if err != nil {
+			l.fail(name, "%q is not host:port", a)
+			continue
+		}
+		h, ok := validHost(host)
+		p, perr := strconv.Atoi(port)
+		if !ok || host == "" || perr != nil || p < 1 || p > math.MaxUint16 {
+			l.fail(name, "%q is not host:port with a port 1-65535", a)
+			continue
+		}
+		out = append(out, net.JoinHostPort(h, port))
+	}
+	if len(out) == 0 && !l.failed(name) {
+		l.fail(name, "%q names no address", v)
+	}
+	return out
+}
+
+// boolean reads true/false (also 1/0, yes/no).
+func (l *loader) boolean(name string, def bool) bool {
+	v := l.getenv(name)
+	if v == "" {
+		return def
+	}
+	switch strings.ToLower(v) {
+	case "true", "1", "yes", "on":
+		return true
+	case "false", "0", "no", "off":
+		return false
+	}
+	l.fail(name, "%q is not true or false", v)
+	return def
+}
+
+// bytes reads a size in bytes: a whole number, optionally followed by
+// KiB, MiB or GiB (KB, MB, GB and K, M, G mean the same here), at least
+// lo.
+func (l *loader) bytes(name string, def, lo int64) int64 {
+	v := l.getenv(name)
+	if v == "" {
+		return def
+	}
+	num := strings.TrimSpace(v)
+	mult := int64(1)
+	upper := strings.ToUpper(num)
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"KIB", 1 << 10}, {"MIB", 1 << 20}, {"GIB", 1 << 30}, {"KB", 1 << 10}, {"MB", 1 << 20}, {"GB", 1 << 30},
+		{"K", 1 << 10}, {"M", 1 << 20}, {"G", 1 << 30}, {"B", 1}} {
+		if strings.HasSuffix(upper, u.suffix) {
+			num, mult = strings.TrimSpace(num[:len(num)-len(u.suffix)]), u.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64/mult || n*mult < lo {
+		l.fail(name, "%q is not a size of at least %d bytes, such as 64MiB", v, lo)
+		return def
+	}
+	return n * mult
+}
+
+// tlsFiles reads PREFIX CA_FILE, CERT_FILE and KEY_FILE and checks that
+// they load, so a wrong path fails the start with every other problem.
+func (l *loader) tlsFiles(prefix string) TLSFiles {
+	f := TLSFiles{
+		CAFile:   l.getenv(prefix + "CA_FILE"),
+		CertFile: l.getenv(prefix + "CERT_FILE"),
+		KeyFile:  l.getenv(prefix + "KEY_FILE"),
+	}
+	if (f.CertFile == "") != (f.KeyFile == "") {
+		l.fail(prefix+"CERT_FILE", "%sCERT_FILE and %sKEY_FILE go together: set both or neither", prefix, prefix)
+		return f
+	}
+	_, errCA := f.loadCA()
+	_, errCert := f.loadCert()
+	for _, err := range []error{errCA, errCert} {
+		var fe *fileError
+		if errors.As(err, &fe) {
+			l.fail(prefix+fe.which, "%v", err)
+		}
+	}
+	return f
 }
 
 // redis reads the Redis settings. REDIS_URL wins for what it states;
@@ -414,14 +650,34 @@ func (l *loader) redis() Redis {
 	host := l.host("REDIS_HOST", defaultRedisHost)
 	port := l.port("REDIS_PORT", defaultRedisPort)
 	r := Redis{
-		Password: l.getenv("REDIS_PASSWORD"),
-		DB:       l.integer("REDIS_DB", 0, 0, math.MaxInt, "a database number (an integer >= 0)"),
+		Username:         l.getenv("REDIS_USERNAME"),
+		Password:         l.getenv("REDIS_PASSWORD"),
+		DB:               l.integer("REDIS_DB", 0, 0, math.MaxInt, "a database number (an integer >= 0)"),
+		TLS:              l.boolean("REDIS_TLS", false),
+		TLSFiles:         l.tlsFiles("REDIS_TLS_"),
+		ClusterAddrs:     l.addrs("REDIS_CLUSTER_ADDRS"),
+		SentinelAddrs:    l.addrs("REDIS_SENTINEL_ADDRS"),
+		SentinelMaster:   l.getenv("REDIS_SENTINEL_MASTER"),
+		SentinelUsername: l.getenv("REDIS_SENTINEL_USERNAME"),
+		SentinelPassword: l.getenv("REDIS_SENTINEL_PASSWORD"),
+	}
+	if !r.TLSFiles.IsZero() {
+		r.TLS = true
+	}
+	switch {
+	case len(r.ClusterAddrs) > 0 && len(r.SentinelAddrs) > 0:
+		l.fail("REDIS_CLUSTER_ADDRS", "set either REDIS_CLUSTER_ADDRS (Redis Cluster) or REDIS_SENTINEL_ADDRS (Sentinel), not both")
+	case len(r.SentinelAddrs) > 0 && r.SentinelMaster == "":
+		l.fail("REDIS_SENTINEL_MASTER", "is required with REDIS_SENTINEL_ADDRS: the name of the master the Sentinels monitor")
+	case r.SentinelMaster != "" && len(r.SentinelAddrs) == 0 && !l.failed("REDIS_SENTINEL_ADDRS"):
+		l.fail("REDIS_SENTINEL_ADDRS", "is required with REDIS_SENTINEL_MASTER")
 	}
 
 	const name = "REDIS_URL"
 	raw := l.getenv(name)
 	if raw == "" {
 		r.Addr = net.JoinHostPort(host, strconv.Itoa(port))
+		l.checkClusterDB(r)
 		return r
 	}
 	u, ok := l.parseURL(name, raw, "redis://[user:password@]host[:port][/db] or rediss://...")
@@ -439,8 +695,10 @@ func (l *loader) redis() Redis {
 		port = p
 	}
 	r.Addr = net.JoinHostPort(u.Hostname(), strconv.Itoa(port))
-	if u.User != nil {
+	if u.User != nil && u.User.Username() != "" {
 		r.Username = u.User.Username()
+	}
+	if u.User != nil {
 		if p, ok := u.User.Password(); ok && p != "" {
 			r.Password = p
 		}
@@ -458,7 +716,19 @@ func (l *loader) redis() Redis {
 	if u.RawQuery != "" {
 		l.fail(name, "query parameters are not supported")
 	}
+	if r.Mode() != "single" {
+		l.fail(name, "names one server; with REDIS_CLUSTER_ADDRS or REDIS_SENTINEL_ADDRS leave it unset and use REDIS_USERNAME, REDIS_PASSWORD, REDIS_DB and REDIS_TLS")
+	}
+	l.checkClusterDB(r)
 	return r
+}
+
+// checkClusterDB refuses a database number on Redis Cluster, which has
+// only database 0.
+func (l *loader) checkClusterDB(r Redis) {
+	if r.Mode() == "cluster" && r.DB != 0 {
+		l.fail("REDIS_DB", "Redis Cluster has only database 0")
+	}
 }
 
 // parseURL parses a URL that may hold a password and checks its host and

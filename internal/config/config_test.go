@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/audit-platform/audit-log-analysis/internal/testenv"
 )
 
 // env turns a map into a getenv, so tests never touch the real environment.
@@ -18,7 +20,10 @@ func env(m map[string]string) func(string) string {
 
 func defaults() Config {
 	return Config{
-		RabbitMQURL:             "amqp://guest:guest@rabbitmq-service:5672/",
+		RabbitMQURLs:            []string{"amqp://guest:guest@rabbitmq-service:5672/"},
+		RabbitMQQueueType:       "classic",
+		RabbitMQMaxDeliveries:   10,
+		MaxInflightBytes:        64 << 20,
 		RabbitMQQueue:           "audit_events",
 		RabbitMQAlertQueue:      "audit_alerts",
 		RabbitMQDeadLetterQueue: "audit_events.dead-letter",
@@ -55,17 +60,17 @@ func TestLoadReadsEveryVariable(t *testing.T) {
 		{"nothing set gives the defaults", nil, func(*Config) {}},
 		{"empty values count as unset", map[string]string{"APP_PORT": "", "RABBITMQ_QUEUE": "", "LOG_LEVEL": ""}, func(*Config) {}},
 		{"RABBITMQ_URL is used as given", map[string]string{"RABBITMQ_URL": "amqp://u:p@mq:5673/vh", "RABBITMQ_HOST": "ignored"},
-			func(c *Config) { c.RabbitMQURL = "amqp://u:p@mq:5673/vh" }},
+			func(c *Config) { c.RabbitMQURLs = []string{"amqp://u:p@mq:5673/vh"} }},
 		{"an amqps RABBITMQ_URL is accepted", map[string]string{"RABBITMQ_URL": "amqps://mq.example.com/"},
-			func(c *Config) { c.RabbitMQURL = "amqps://mq.example.com/" }},
+			func(c *Config) { c.RabbitMQURLs = []string{"amqps://mq.example.com/"} }},
 		{"the RabbitMQ URL is built from its parts", map[string]string{
 			"RABBITMQ_HOST": "mq", "RABBITMQ_PORT": "5673", "RABBITMQ_USER": "alice", "RABBITMQ_PASS": "s3cret"},
-			func(c *Config) { c.RabbitMQURL = "amqp://alice:s3cret@mq:5673/" }},
+			func(c *Config) { c.RabbitMQURLs = []string{"amqp://alice:s3cret@mq:5673/"} }},
 		{"user and password are escaped in the built URL", map[string]string{
 			"RABBITMQ_USER": "a@b", "RABBITMQ_PASS": "p:/?#@ss"},
-			func(c *Config) { c.RabbitMQURL = "amqp://a%40b:p%3A%2F%3F%23%40ss@rabbitmq-service:5672/" }},
+			func(c *Config) { c.RabbitMQURLs = []string{"amqp://a%40b:p%3A%2F%3F%23%40ss@rabbitmq-service:5672/"} }},
 		{"an IPv6 RabbitMQ host gets brackets", map[string]string{"RABBITMQ_HOST": "::1"},
-			func(c *Config) { c.RabbitMQURL = "amqp://guest:guest@[::1]:5672/" }},
+			func(c *Config) { c.RabbitMQURLs = []string{"amqp://guest:guest@[::1]:5672/"} }},
 		{"queues are set", map[string]string{"RABBITMQ_QUEUE": "in", "RABBITMQ_ALERT_QUEUE": "out"}, func(c *Config) {
 			c.RabbitMQQueue, c.RabbitMQAlertQueue, c.RabbitMQDeadLetterQueue = "in", "out", "in.dead-letter"
 		}},
@@ -91,6 +96,27 @@ func TestLoadReadsEveryVariable(t *testing.T) {
 		{"an escaped password in REDIS_URL is unescaped", map[string]string{"REDIS_URL": "redis://:p%40ss%2F@[::1]:6379/0"},
 			func(c *Config) { c.Redis = Redis{Addr: "[::1]:6379", Password: "p@ss/"} }},
 		{"the key prefix is set", map[string]string{"REDIS_KEY_PREFIX": "x:"}, func(c *Config) { c.RedisKeyPrefix = "x:" }},
+		{"RABBITMQ_URLS names the nodes of a cluster in order", map[string]string{
+			"RABBITMQ_URLS": " amqp://u:p@mq-0:5672/ ,amqps://u:p@mq-1/vh,", "RABBITMQ_URL": "amqp://ignored/", "RABBITMQ_HOST": "ignored"},
+			func(c *Config) { c.RabbitMQURLs = []string{"amqp://u:p@mq-0:5672/", "amqps://u:p@mq-1/vh"} }},
+		{"quorum queues and a delivery limit", map[string]string{"RABBITMQ_QUEUE_TYPE": "Quorum", "RABBITMQ_MAX_DELIVERIES": "3"},
+			func(c *Config) { c.RabbitMQQueueType, c.RabbitMQMaxDeliveries = "quorum", 3 }},
+		{"the in-flight byte budget takes units", map[string]string{"MAX_INFLIGHT_BYTES": "16MiB"},
+			func(c *Config) { c.MaxInflightBytes = 16 << 20 }},
+		{"the in-flight byte budget takes plain bytes", map[string]string{"MAX_INFLIGHT_BYTES": "2097152"},
+			func(c *Config) { c.MaxInflightBytes = 2 << 20 }},
+		{"REDIS_USERNAME names the ACL user", map[string]string{"REDIS_USERNAME": "detector", "REDIS_PASSWORD": "pw"},
+			func(c *Config) { c.Redis.Username, c.Redis.Password = "detector", "pw" }},
+		{"the user in REDIS_URL wins over REDIS_USERNAME", map[string]string{"REDIS_URL": "redis://bob:pw@cache", "REDIS_USERNAME": "other"},
+			func(c *Config) { c.Redis = Redis{Addr: "cache:6379", Username: "bob", Password: "pw"} }},
+		{"REDIS_TLS turns TLS on", map[string]string{"REDIS_TLS": "true"}, func(c *Config) { c.Redis.TLS = true }},
+		{"Redis Cluster seeds", map[string]string{"REDIS_CLUSTER_ADDRS": "10.0.0.1:7000, redis-1:7001 ,[::1]:7002"},
+			func(c *Config) { c.Redis.ClusterAddrs = []string{"10.0.0.1:7000", "redis-1:7001", "[::1]:7002"} }},
+		{"Redis Sentinel", map[string]string{"REDIS_SENTINEL_ADDRS": "s1:26379,s2:26379", "REDIS_SENTINEL_MASTER": "audit",
+			"REDIS_SENTINEL_PASSWORD": "spw", "REDIS_DB": "1"},
+			func(c *Config) {
+				c.Redis.SentinelAddrs, c.Redis.SentinelMaster, c.Redis.SentinelPassword, c.Redis.DB = []string{"s1:26379", "s2:26379"}, "audit", "spw", 1
+			}},
 		{"ports are set", map[string]string{"APP_PORT": "8080", "PROMETHEUS_PORT": "9090"},
 			func(c *Config) { c.AppPort, c.PrometheusPort = 8080, 9090 }},
 		{"the environment is set", map[string]string{"ENVIRONMENT": "PRODUCTION"}, func(c *Config) { c.Environment = "PRODUCTION" }},
@@ -172,6 +198,22 @@ func TestLoadRejectsInvalidValues(t *testing.T) {
 		{"a tcp REDIS_URL", map[string]string{"REDIS_URL": "tcp://cache:6379"}, `REDIS_URL: scheme "tcp" is not redis or rediss`},
 		{"a REDIS_URL database that is not a number", map[string]string{"REDIS_URL": "redis://cache/zero"}, "REDIS_URL: the path is not /N"},
 		{"a REDIS_URL with options", map[string]string{"REDIS_URL": "redis://cache/0?dial_timeout=1s"}, "REDIS_URL: query parameters are not supported"},
+		{"an http URL among RABBITMQ_URLS", map[string]string{"RABBITMQ_URLS": "amqp://mq-0/,http://mq-1/"}, `RABBITMQ_URLS: URL 2: scheme "http" is not amqp or amqps`},
+		{"RABBITMQ_URLS with only commas", map[string]string{"RABBITMQ_URLS": " , "}, "RABBITMQ_URLS: names no URL"},
+		{"an unknown queue type", map[string]string{"RABBITMQ_QUEUE_TYPE": "stream"}, `RABBITMQ_QUEUE_TYPE: "stream" is not one of classic, quorum`},
+		{"a delivery limit of zero", map[string]string{"RABBITMQ_MAX_DELIVERIES": "0"}, `RABBITMQ_MAX_DELIVERIES: "0" is not a number of deliveries`},
+		{"an in-flight budget below one message", map[string]string{"MAX_INFLIGHT_BYTES": "64KiB"}, `MAX_INFLIGHT_BYTES: "64KiB" is not a size of at least 1048576 bytes`},
+		{"an in-flight budget that is not a size", map[string]string{"MAX_INFLIGHT_BYTES": "lots"}, `MAX_INFLIGHT_BYTES: "lots" is not a size`},
+		{"a missing RabbitMQ CA file", map[string]string{"RABBITMQ_URL": "amqps://mq/", "RABBITMQ_TLS_CA_FILE": "/nonexistent/ca.pem"}, "RABBITMQ_TLS_CA_FILE: read CA file: open /nonexistent/ca.pem"},
+		{"a client certificate without its key", map[string]string{"REDIS_TLS_CERT_FILE": "/x/cert.pem"}, "REDIS_TLS_CERT_FILE: REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE go together"},
+		{"TLS files with an amqp URL", map[string]string{"RABBITMQ_TLS_CA_FILE": "/nonexistent/ca.pem"}, "is not an amqps:// URL"},
+		{"REDIS_TLS that is not a boolean", map[string]string{"REDIS_TLS": "maybe"}, `REDIS_TLS: "maybe" is not true or false`},
+		{"a cluster seed without a port", map[string]string{"REDIS_CLUSTER_ADDRS": "redis-0"}, `REDIS_CLUSTER_ADDRS: "redis-0" is not host:port`},
+		{"both Cluster and Sentinel", map[string]string{"REDIS_CLUSTER_ADDRS": "r:7000", "REDIS_SENTINEL_ADDRS": "s:26379", "REDIS_SENTINEL_MASTER": "m"}, "REDIS_CLUSTER_ADDRS: set either"},
+		{"Sentinels without a master name", map[string]string{"REDIS_SENTINEL_ADDRS": "s:26379"}, "REDIS_SENTINEL_MASTER: is required"},
+		{"a master name without Sentinels", map[string]string{"REDIS_SENTINEL_MASTER": "m"}, "REDIS_SENTINEL_ADDRS: is required"},
+		{"a database on Redis Cluster", map[string]string{"REDIS_CLUSTER_ADDRS": "r:7000", "REDIS_DB": "2"}, "REDIS_DB: Redis Cluster has only database 0"},
+		{"REDIS_URL with Redis Cluster", map[string]string{"REDIS_CLUSTER_ADDRS": "r:7000", "REDIS_URL": "redis://r:7000"}, "REDIS_URL: names one server"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -293,8 +335,8 @@ func TestRedactedRabbitMQURL(t *testing.T) {
 		{"amqp://a:%zz@mq/", "(malformed URL)"},
 	}
 	for _, tt := range tests {
-		if got := (Config{RabbitMQURL: tt.url}).RedactedRabbitMQURL(); got != tt.want {
-			t.Errorf("RedactedRabbitMQURL(%q) = %q, want %q", tt.url, got, tt.want)
+		if got := (Config{RabbitMQURLs: []string{tt.url}}).RedactedRabbitMQURLs(); len(got) != 1 || got[0] != tt.want {
+			t.Errorf("RedactedRabbitMQURLs(%q) = %q, want %q", tt.url, got, tt.want)
 		}
 	}
 }
@@ -427,5 +469,41 @@ func TestLoadDotEnvSaysWhetherTheFileWasThere(t *testing.T) {
 	}
 	if _, loaded, err := LoadDotEnv(filepath.Join(dir, "absent"), env(nil)); err != nil || loaded {
 		t.Errorf("LoadDotEnv of a missing file = loaded %v, %v", loaded, err)
+	}
+}
+
+func TestTLSFilesLoadIntoAVerifyingClientConfig(t *testing.T) {
+	t.Parallel()
+	pki := testenv.NewPKI(t)
+	c, err := Load(env(map[string]string{
+		"RABBITMQ_URL":           "amqps://mq.example.com/",
+		"RABBITMQ_TLS_CA_FILE":   pki.CAFile,
+		"RABBITMQ_TLS_CERT_FILE": pki.ClientCert,
+		"RABBITMQ_TLS_KEY_FILE":  pki.ClientKey,
+		"REDIS_TLS_CA_FILE":      pki.CAFile,
+	}))
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if !c.Redis.TLS {
+		t.Error("a Redis CA file did not turn TLS on")
+	}
+	tc, err := c.RabbitMQTLS.ClientConfig("mq.example.com")
+	if err != nil {
+		t.Fatalf("ClientConfig: %v", err)
+	}
+	if tc.InsecureSkipVerify || tc.RootCAs == nil || len(tc.Certificates) != 1 || tc.ServerName != "mq.example.com" {
+		t.Errorf("ClientConfig = %+v, want verification against the CA, the client certificate and the server name", tc)
+	}
+
+	_, err = Load(env(map[string]string{
+		"REDIS_TLS_CERT_FILE": pki.ClientCert,
+		"REDIS_TLS_KEY_FILE":  pki.ServerKey,
+		"REDIS_TLS_CA_FILE":   pki.ClientKey,
+	}))
+	for _, want := range []string{"REDIS_TLS_CERT_FILE: load client certificate", "private key does not match public key", "REDIS_TLS_CA_FILE: CA file"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Load with a mismatched key and a key as CA: error %v, want it to contain %q", err, want)
+		}
 	}
 }

@@ -3,7 +3,6 @@ package config
 import (
 	"log/slog"
 	"math"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -101,24 +100,4 @@ func (l *loader) list(name string) []string {
 		}
 	}
 	return out
-}
-
-// boolean reads true or false (also 1/0, yes/no, on/off).
-func (l *loader) boolean(name string, def bool) bool {
-	v := l.getenv(name)
-	if v == "" {
-		return def
-	}
-	switch strings.ToLower(strings.TrimSpace(v)) {
-	case "yes", "on":
-		return true
-	case "no", "off":
-		return false
-	}
-	b, err := strconv.ParseBool(strings.TrimSpace(v))
-	if err != nil {
-		l.fail(name, "%q is not true or false", v)
-		return def
-	}
-	return b
 }

@@ -74,10 +74,15 @@ const (
 	// but the state store refuses what the rules make of it. It is there
 	// so that such an event is dead-lettered instead of holding the queue.
 	ReasonUnprocessable Reason = "unprocessable"
+	// ReasonRedeliveryLimit is not a decoding failure either: the broker
+	// delivered the message more often than the limit allows, so handling
+	// it keeps failing in a way nothing in the process can catch (it
+	// crashes or kills the process). It is dead-lettered unread.
+	ReasonRedeliveryLimit Reason = "redelivery_limit"
 )
 
 // Reasons lists every Reason, for pre-creating metric series.
-var Reasons = []Reason{ReasonTooLarge, ReasonEmpty, ReasonInvalidUTF8, ReasonInvalidJSON, ReasonNotObject, ReasonWrongType, ReasonUnprocessable}
+var Reasons = []Reason{ReasonTooLarge, ReasonEmpty, ReasonInvalidUTF8, ReasonInvalidJSON, ReasonNotObject, ReasonWrongType, ReasonUnprocessable, ReasonRedeliveryLimit}
 
 // DecodeError is a permanent failure: the same body will never decode.
 type DecodeError struct {
