@@ -12,7 +12,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
+	"maps"
 	"regexp"
 	"slices"
 	"strings"
@@ -25,6 +25,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/audit-platform/audit-log-analysis/internal/app"
+	"github.com/audit-platform/audit-log-analysis/internal/config"
 	"github.com/audit-platform/audit-log-analysis/internal/testenv"
 )
 
@@ -243,29 +244,27 @@ func mounted(c corev1.Container, dir string) bool {
 	return false
 }
 
-// configVariables returns the environment variables internal/config reads:
-// every upper-case string literal of its source.
+// configVariables returns the environment variables internal/config
+// reads, by recording what Load asks for under settings that take each of
+// its branches (one Redis, a Cluster, Sentinels, URLs).
 func configVariables(t *testing.T) []string {
 	t.Helper()
-	files, err := filepath.Glob("../internal/config/*.go")
-	if err != nil || len(files) == 0 {
-		t.Fatalf("read internal/config: %v", err)
+	seen := map[string]bool{}
+	for _, set := range []map[string]string{
+		{},
+		{"RABBITMQ_URL": "amqps://mq/", "REDIS_URL": "rediss://cache/"},
+		{"RABBITMQ_URLS": "amqp://a/,amqp://b/", "REDIS_CLUSTER_ADDRS": "a:6379"},
+		{"REDIS_SENTINEL_ADDRS": "s:26379", "REDIS_SENTINEL_MASTER": "m"},
+	} {
+		_, _ = config.Load(func(k string) string {
+			seen[k] = true
+			return set[k]
+		})
 	}
-	re := regexp.MustCompile(`"([A-Z][A-Z0-9]*_[A-Z0-9_]+|ENVIRONMENT)"`)
-	var names []string
-	for _, f := range files {
-		if strings.HasSuffix(f, "_test.go") {
-			continue
-		}
-		src, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range re.FindAllStringSubmatch(string(src), -1) {
-			names = append(names, m[1])
-		}
+	if len(seen) < 20 {
+		t.Fatalf("internal/config read only %d variables", len(seen))
 	}
-	return names
+	return slices.Sorted(maps.Keys(seen))
 }
 
 // The variables of the compose stack and of .env.example are read by the
@@ -314,11 +313,19 @@ func TestEveryDocumentedVariableIsRead(t *testing.T) {
 // templateVars are Grafana's variables, replaced by values PromQL accepts.
 var templateVars = strings.NewReplacer("$__rate_interval", "5m", "$job", "audit-log-analysis", "${datasource}", "prometheus")
 
+// promExpr is one PromQL expression, with the labels its legend shows.
+type promExpr struct {
+	expr         string
+	legendLabels []string
+}
+
+var legendLabel = regexp.MustCompile(`\{\{\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\}\}`)
+
 // expressions returns every PromQL expression of the alert rules and the
 // dashboard, named by where it is.
-func expressions(t *testing.T) map[string]string {
+func expressions(t *testing.T) map[string]promExpr {
 	t.Helper()
-	exprs := map[string]string{}
+	exprs := map[string]promExpr{}
 	var rules struct {
 		Groups []struct {
 			Name  string
@@ -337,13 +344,13 @@ func expressions(t *testing.T) map[string]string {
 	}
 	for _, g := range rules.Groups {
 		for _, r := range g.Rules {
-			exprs["alerts.yaml "+r.Alert+r.Record] = r.Expr
+			exprs["alerts.yaml "+r.Alert+r.Record] = promExpr{expr: r.Expr}
 		}
 	}
 	var dash struct {
 		Panels []struct {
 			Title   string
-			Targets []struct{ Expr string }
+			Targets []struct{ Expr, LegendFormat string }
 		}
 	}
 	src, err = os.ReadFile("grafana/audit-log-analysis.json")
@@ -355,7 +362,11 @@ func expressions(t *testing.T) map[string]string {
 	}
 	for _, p := range dash.Panels {
 		for i, tg := range p.Targets {
-			exprs[fmt.Sprintf("dashboard %q target %d", p.Title, i+1)] = templateVars.Replace(tg.Expr)
+			var legend []string
+			for _, m := range legendLabel.FindAllStringSubmatch(tg.LegendFormat, -1) {
+				legend = append(legend, m[1])
+			}
+			exprs[fmt.Sprintf("dashboard %q target %d", p.Title, i+1)] = promExpr{expr: templateVars.Replace(tg.Expr), legendLabels: legend}
 		}
 	}
 	if len(exprs) < 20 {
@@ -364,38 +375,63 @@ func expressions(t *testing.T) map[string]string {
 	return exprs
 }
 
-// Every expression parses, and every audit_analysis_* metric it names is
-// one the service registers.
+// targetLabels are added by Prometheus to every series it scrapes, or
+// belong to histogram buckets.
+var targetLabels = []string{"__name__", "job", "instance", "le", "namespace", "pod"}
+
+// Every expression parses, every audit_analysis_* metric it names is one
+// the service registers, and every label it selects, groups or shows by is
+// one those metrics have.
 func TestPromQLNamesOnlyExportedMetrics(t *testing.T) {
 	t.Parallel()
-	exported := app.MetricNames()
+	exported := app.ExportedMetrics()
 	p := parser.NewParser(parser.Options{})
-	for where, expr := range expressions(t) {
-		ast, err := p.ParseExpr(expr)
+	for where, e := range expressions(t) {
+		ast, err := p.ParseExpr(e.expr)
 		if err != nil {
-			t.Errorf("%s: %q does not parse: %v", where, expr, err)
+			t.Errorf("%s: %q does not parse: %v", where, e.expr, err)
 			continue
 		}
+		labels := slices.Clone(targetLabels)
+		onlyOurs := true
+		var used []string
 		parser.Inspect(ast, func(n parser.Node, _ []parser.Node) error {
-			vs, ok := n.(*parser.VectorSelector)
-			if !ok {
-				return nil
-			}
-			name := vs.Name
-			if !strings.HasPrefix(name, "audit_analysis_") {
-				return nil
-			}
-			base := name
-			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
-				if b, ok := strings.CutSuffix(name, suffix); ok && slices.Contains(exported, b) {
-					base = b
+			switch n := n.(type) {
+			case *parser.VectorSelector:
+				for _, m := range n.LabelMatchers {
+					used = append(used, m.Name)
 				}
-			}
-			if !slices.Contains(exported, base) {
-				t.Errorf("%s: %s is not a metric the service exports", where, name)
+				if !strings.HasPrefix(n.Name, "audit_analysis_") {
+					onlyOurs = false
+					return nil
+				}
+				base := n.Name
+				for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+					if b, ok := strings.CutSuffix(n.Name, suffix); ok {
+						if _, ok := exported[b]; ok {
+							base = b
+						}
+					}
+				}
+				l, ok := exported[base]
+				if !ok {
+					t.Errorf("%s: %s is not a metric the service exports", where, n.Name)
+				}
+				labels = append(labels, l...)
+			case *parser.AggregateExpr:
+				used = append(used, n.Grouping...)
 			}
 			return nil
 		})
+		used = append(used, e.legendLabels...)
+		if !onlyOurs {
+			continue // other exporters' labels are theirs
+		}
+		for _, l := range used {
+			if !slices.Contains(labels, l) {
+				t.Errorf("%s: label %q is not one of the metrics' labels %v", where, l, labels)
+			}
+		}
 	}
 }
 

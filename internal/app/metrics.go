@@ -2,7 +2,7 @@ package app
 
 import (
 	"regexp"
-	"slices"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -184,11 +184,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	return m
 }
 
-// MetricNames returns the name of every metric family the service
-// exports, from the same constructor Serve uses, so that tooling can check
-// dashboards and alert rules against what really exists. Histograms are
-// listed by their base name (without _bucket, _sum and _count).
-func MetricNames() []string {
+// ExportedMetrics returns every metric family the service exports, by
+// name, with its label names, from the same constructor Serve uses, so
+// that tooling can check dashboards and alert rules against what really
+// exists. Histograms are listed by their base name (without _bucket, _sum
+// and _count).
+func ExportedMetrics() map[string][]string {
 	rec := &describingRegisterer{Registerer: prometheus.NewRegistry()}
 	newMetrics(rec)
 	ch := make(chan *prometheus.Desc, 64)
@@ -198,21 +199,27 @@ func MetricNames() []string {
 		}
 		close(ch)
 	}()
-	seen := map[string]bool{}
-	var names []string
+	out := map[string][]string{}
 	for d := range ch {
-		// Desc keeps its name unexported; its String form starts with it.
-		m := descName.FindStringSubmatch(d.String())
-		if m != nil && !seen[m[1]] {
-			seen[m[1]] = true
-			names = append(names, m[1])
+		// Desc keeps its fields unexported; its String form has them.
+		s := d.String()
+		m := descName.FindStringSubmatch(s)
+		if m == nil {
+			continue
 		}
+		var labels []string
+		if l := descLabels.FindStringSubmatch(s); l != nil && l[1] != "" {
+			labels = strings.Split(l[1], ",")
+		}
+		out[m[1]] = labels
 	}
-	slices.Sort(names)
-	return names
+	return out
 }
 
-var descName = regexp.MustCompile(`^Desc\{fqName: "([^"]+)"`)
+var (
+	descName   = regexp.MustCompile(`^Desc\{fqName: "([^"]+)"`)
+	descLabels = regexp.MustCompile(`variableLabels: \{([^}]*)\}\}$`)
+)
 
 // describingRegisterer records what is registered through it.
 type describingRegisterer struct {

@@ -5,15 +5,24 @@ import (
 	"testing"
 )
 
-func TestMetricNamesListsEveryFamily(t *testing.T) {
+func TestExportedMetricsListsEveryFamilyWithItsLabels(t *testing.T) {
 	t.Parallel()
-	names := MetricNames()
-	for _, want := range []string{
-		"audit_analysis_processed_total", "audit_analysis_alerts_total", "audit_analysis_processing_duration_seconds",
-		"audit_analysis_rules_loaded", "audit_analysis_rules_reload_total", "go_goroutines", "process_resident_memory_bytes",
+	m := ExportedMetrics()
+	for name, labels := range map[string][]string{
+		"audit_analysis_processed_total":             nil,
+		"audit_analysis_alerts_total":                {"alert_type", "severity"},
+		"audit_analysis_processing_duration_seconds": nil,
+		"audit_analysis_rules_info":                  {"source", "sha256"},
+		"go_goroutines":                              nil,
+		"process_resident_memory_bytes":              nil,
 	} {
-		if !slices.Contains(names, want) {
-			t.Errorf("MetricNames lacks %s: %v", want, names)
+		got, ok := m[name]
+		if !ok {
+			t.Errorf("ExportedMetrics lacks %s", name)
+			continue
+		}
+		if !slices.Equal(got, labels) {
+			t.Errorf("%s has labels %v, want %v", name, got, labels)
 		}
 	}
 }
