@@ -16,7 +16,7 @@ SHELL       := bash
 .SHELLFLAGS := -o pipefail -c
 
 .DEFAULT_GOAL := build
-.PHONY: build test unit lint run replay bench tidy-check
+.PHONY: build test unit lint run replay bench tidy-check deploy-check
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)" -o $(BINARY) ./cmd/audit-log-analysis
@@ -52,3 +52,19 @@ bench:
 tidy-check:
 	$(GO) mod tidy
 	git diff --exit-code go.mod go.sum
+
+# The deployment files: the kustomizations render, their output decodes
+# strictly into the Kubernetes API types (a Go test in the deploy module,
+# which also checks every PromQL expression against the service's
+# metrics), the compose file is valid, and the alert rules pass their unit
+# tests. Needs kubectl, promtool and docker-compose (.ci/run installs them).
+KUSTOMIZATIONS := deploy/kustomize/base $(wildcard deploy/kustomize/overlays/*)
+
+deploy-check:
+	@for k in $(KUSTOMIZATIONS); do echo "kubectl kustomize $$k"; kubectl kustomize $$k >/dev/null || exit 1; done
+	docker-compose -f deploy/compose/compose.yaml config -q
+	promtool check rules deploy/prometheus/alerts.yaml
+	promtool test rules deploy/prometheus/alerts_test.yaml
+	cd deploy && $(GO) mod tidy && git diff --exit-code go.mod go.sum
+	cd deploy && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	cd deploy && $(GO) test -count=1 ./...
