@@ -225,11 +225,20 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 }
 
 func newLogger(level slog.Level, format string, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: level}
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationsAsText}
 	if format == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// durationsAsText writes every duration as Go writes it ("1.5s"): the JSON
+// handler would write nanoseconds, a number without a unit.
+func durationsAsText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }
 
 func b2f(b bool) float64 {

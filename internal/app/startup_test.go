@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -98,5 +99,16 @@ func TestTheStartUpLineNamesTheDotEnvFile(t *testing.T) {
 	cfg, _ := lines[0]["config"].(map[string]any)
 	if cfg["shutdown_timeout"] != "8s" {
 		t.Errorf("durations in the start-up line are %v, want strings such as 8s", cfg["shutdown_timeout"])
+	}
+}
+
+func TestLogsWriteDurationsWithTheirUnit(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	newLogger(slog.LevelInfo, "json", &out).Info("retrying", "retry_in", 1500*time.Millisecond,
+		slog.Group("g", slog.Duration("wait", time.Minute)))
+	want := `"retry_in":"1.5s","g":{"wait":"1m0s"}`
+	if !strings.Contains(out.String(), want) {
+		t.Errorf("log line %s, want it to contain %s", out.String(), want)
 	}
 }
