@@ -38,6 +38,7 @@ func TestCommands(t *testing.T) {
 	empty := writeRules(t, "empty.yaml", "rules: []\n")
 	disabled := writeRules(t, "disabled.yaml", "rules:\n  - id: OFF\n    severity: HIGH\n    enabled: false\n    match: {event_type: x}\n")
 	pam := writeRules(t, "pam.yaml", pamRule)
+	builtinOff := writeRules(t, "off.yaml", "rules:\n  - id: ANLY-SEC-002\n    severity: HIGH\n    enabled: false\n    match: {event_type: x}\n")
 	typo := writeRules(t, "typo.yaml", "rules:\n  - id: T\n    severity: HIGH\n    match: {detials.command: {contains: curl}}\n")
 	noBuiltins := map[string]string{"RULES_BUILTIN": "false"}
 	tests := []struct {
@@ -57,7 +58,8 @@ func TestCommands(t *testing.T) {
 		{"rules check accepts the examples", nil, []string{"rules", "check", "../../rules/examples.yaml"}, "", "", "9 rules OK (9 enabled)", ""},
 		{"rules check names rule and line", nil, []string{"rules", "check", bad}, "", `bad.yaml:4: rule "X"`, "", ""},
 		{"rules check refuses a file without rules", nil, []string{"rules", "check", empty}, "", "empty.yaml: the file defines no rules", "", ""},
-		{"rules check accepts disabled rules beside the built-ins", nil, []string{"rules", "check", disabled}, "", "", "3 rules OK (2 enabled)", ""},
+		{"rules check refuses a file that changes nothing", nil, []string{"rules", "check", disabled}, "", "the file changes nothing", "", ""},
+		{"rules check accepts a file that turns a built-in rule off", nil, []string{"rules", "check", builtinOff}, "", "", "2 rules OK (1 enabled)", ""},
 		{"rules check refuses a set with no enabled rule", noBuiltins, []string{"rules", "check", disabled}, "", "no enabled rules", "", ""},
 		{"rules check warns about an undocumented dotted path", nil, []string{"rules", "check", typo}, "", "", "rules OK", "did you mean details.command?"},
 		{"rules check --strict fails on a warning", nil, []string{"rules", "check", typo, "--strict"}, "", "1 warnings with --strict", "", ""},

@@ -55,6 +55,11 @@ func TestServeRefusesToStartWithoutAnEnabledRule(t *testing.T) {
 	if last["level"] != "ERROR" || last["msg"] != "start-up failed" || !strings.Contains(last["error"].(string), "no enabled rules") {
 		t.Errorf("last log line = %v, want the start-up failure", last)
 	}
+	// Beside the built-in rules, the same file changes nothing: refused too.
+	err, _ = serveOnce(t, map[string]string{"RULES_FILE": off})
+	if err == nil || !strings.Contains(err.Error(), "the file changes nothing") {
+		t.Errorf("serve with the built-ins and a file of disabled rules = %v, want a refusal", err)
+	}
 }
 
 func TestStartUpFailuresAreLoggedInTheConfiguredFormat(t *testing.T) {

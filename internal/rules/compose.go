@@ -134,6 +134,9 @@ func Compose(builtin *Set, files []*Set) (*Set, []string, error) {
 	defined := map[string]*Rule{}
 	for _, f := range files {
 		sources = append(sources, f.Source)
+		if err := checkHasEffect(f, index); err != nil {
+			errs = append(errs, err)
+		}
 		for _, r := range f.Rules {
 			if r.File == "" {
 				c := *r
@@ -154,9 +157,6 @@ func Compose(builtin *Set, files []*Set) (*Set, []string, error) {
 			out.Rules = append(out.Rules, r)
 		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, nil, err
-	}
 	if builtin != nil {
 		out.Warnings = append(out.Warnings, builtin.Warnings...)
 	}
@@ -173,9 +173,25 @@ func Compose(builtin *Set, files []*Set) (*Set, []string, error) {
 		if len(sources) == 0 {
 			sources = []string{"nothing: no built-in rules and no rule files"}
 		}
-		return nil, nil, fmt.Errorf("%w (%s in %s): detection would be off", ErrNoEnabledRules, what, strings.Join(sources, ", "))
+		errs = append([]error{fmt.Errorf("%w (%s in %s): detection would be off", ErrNoEnabledRules, what, strings.Join(sources, ", "))}, errs...)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, nil, err
 	}
 	return out, replaced, nil
+}
+
+// checkHasEffect refuses a file whose rules are all disabled and replace
+// no built-in rule: it changes nothing, which is more likely a mistake (a
+// rule switched off and forgotten, a wrong file) than a wish. Disabling a
+// built-in rule is an effect.
+func checkHasEffect(f *Set, builtin map[string]int) error {
+	for _, r := range f.Rules {
+		if _, replaces := builtin[r.ID()]; r.Enabled || replaces {
+			return nil
+		}
+	}
+	return fmt.Errorf("%s: every rule in the file is disabled and none replaces a built-in rule: the file changes nothing (remove it, or enable a rule)", f.Source)
 }
 
 // composedHash identifies a composition: the same files with the same
