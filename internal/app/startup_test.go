@@ -14,16 +14,16 @@ import (
 
 // serveOnce runs serve with env and returns its error and what it logged.
 // Every case here fails before connecting to anything.
-func serveOnce(t *testing.T, env map[string]string) (error, string) {
+func serveOnce(t *testing.T, env map[string]string) (logs string, err error) {
 	t.Helper()
 	var out bytes.Buffer
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	err := Main(ctx, Env{
+	err = Main(ctx, Env{
 		Args: []string{"audit-log-analysis", "serve"}, Getenv: func(k string) string { return env[k] },
 		Stdin: strings.NewReader(""), Stdout: &out, Stderr: &out, Build: Build{Version: "test"},
 	})
-	return err, out.String()
+	return out.String(), err
 }
 
 // logLines decodes JSON log lines, failing on anything else.
@@ -46,7 +46,7 @@ func TestServeRefusesToStartWithoutAnEnabledRule(t *testing.T) {
 	if err := os.WriteFile(off, []byte("rules:\n  - id: OFF\n    severity: HIGH\n    enabled: false\n    match: {event_type: x}\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	err, logs := serveOnce(t, map[string]string{"RULES_BUILTIN": "false", "RULES_FILE": off})
+	logs, err := serveOnce(t, map[string]string{"RULES_BUILTIN": "false", "RULES_FILE": off})
 	if err == nil || !Reported(err) || !strings.Contains(err.Error(), "no enabled rules (all 1 rules disabled in "+off+"): detection would be off") {
 		t.Fatalf("serve = %v (reported %v), want a reported error about no enabled rules", err, Reported(err))
 	}
@@ -56,7 +56,7 @@ func TestServeRefusesToStartWithoutAnEnabledRule(t *testing.T) {
 		t.Errorf("last log line = %v, want the start-up failure", last)
 	}
 	// Beside the built-in rules, the same file changes nothing: refused too.
-	err, _ = serveOnce(t, map[string]string{"RULES_FILE": off})
+	_, err = serveOnce(t, map[string]string{"RULES_FILE": off})
 	if err == nil || !strings.Contains(err.Error(), "the file changes nothing") {
 		t.Errorf("serve with the built-ins and a file of disabled rules = %v, want a refusal", err)
 	}
@@ -66,7 +66,7 @@ func TestStartUpFailuresAreLoggedInTheConfiguredFormat(t *testing.T) {
 	t.Parallel()
 	t.Run("json by default", func(t *testing.T) {
 		t.Parallel()
-		err, logs := serveOnce(t, map[string]string{"RABBITMQ_PORT": "abc"})
+		logs, err := serveOnce(t, map[string]string{"RABBITMQ_PORT": "abc"})
 		if err == nil || !Reported(err) {
 			t.Fatalf("serve = %v, want a reported error", err)
 		}
@@ -77,7 +77,7 @@ func TestStartUpFailuresAreLoggedInTheConfiguredFormat(t *testing.T) {
 	})
 	t.Run("text when asked", func(t *testing.T) {
 		t.Parallel()
-		err, logs := serveOnce(t, map[string]string{"RABBITMQ_PORT": "abc", "LOG_FORMAT": "text"})
+		logs, err := serveOnce(t, map[string]string{"RABBITMQ_PORT": "abc", "LOG_FORMAT": "text"})
 		if err == nil || !strings.HasPrefix(logs, "time=") || !strings.Contains(logs, `level=ERROR msg="start-up failed"`) {
 			t.Errorf("serve = %v, logs %q", err, logs)
 		}
@@ -96,7 +96,7 @@ func TestTheStartUpLineNamesTheDotEnvFile(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, ".env"), []byte("RULES_BUILTIN=false\nRULES_FILE=off.yaml\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	_, logs := serveOnce(t, nil)
+	logs, _ := serveOnce(t, nil)
 	lines := logLines(t, logs)
 	if lines[0]["msg"] != "starting" || lines[0]["env_file"] != ".env" {
 		t.Errorf("start-up line = %v, want env_file .env", lines[0])
