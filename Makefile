@@ -59,12 +59,17 @@ tidy-check:
 # metrics), the compose file is valid, and the alert rules pass their unit
 # tests. Needs kubectl, promtool and docker-compose (.ci/run installs them).
 KUSTOMIZATIONS := deploy/kustomize/base $(wildcard deploy/kustomize/overlays/*)
+# kubectl's own kustomize when it is v5 (the manifests use its labels and
+# replicas fields), else kustomize v5 itself, pinned, through the Go
+# module proxy (Debian's kubectl is older).
+KUSTOMIZE_VERSION := v5.5.0
+KUSTOMIZE ?= $(shell kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5' && echo "kubectl kustomize" || echo "$(GO) run sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) build")
 
 deploy-check:
-	@for k in $(KUSTOMIZATIONS); do echo "kubectl kustomize $$k"; kubectl kustomize $$k >/dev/null || exit 1; done
+	@for k in $(KUSTOMIZATIONS); do echo "$(KUSTOMIZE) $$k"; $(KUSTOMIZE) $$k >/dev/null || exit 1; done
 	docker-compose -f deploy/compose/compose.yaml config -q
 	promtool check rules deploy/prometheus/alerts.yaml
 	promtool test rules deploy/prometheus/alerts_test.yaml
 	cd deploy && $(GO) mod tidy && git diff --exit-code go.mod go.sum
 	cd deploy && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
-	cd deploy && $(GO) test -count=1 ./...
+	cd deploy && KUSTOMIZE="$(KUSTOMIZE)" $(GO) test -count=1 ./...

@@ -46,24 +46,29 @@ type rendered struct {
 	serviceAccount []corev1.ServiceAccount
 }
 
-// render runs kubectl kustomize and decodes every document strictly: an
-// unknown field, a wrong type or an unexpected kind fails.
+// render runs kustomize ($KUSTOMIZE, default "kubectl kustomize": the
+// Makefile sets it) and decodes every document strictly: an unknown field,
+// a wrong type or an unexpected kind fails.
 func render(t *testing.T, dir string) rendered {
 	t.Helper()
-	if _, err := exec.LookPath("kubectl"); err != nil {
-		msg := "kubectl is not installed: apt-get install kubectl"
+	command := strings.Fields(os.Getenv("KUSTOMIZE"))
+	if len(command) == 0 {
+		command = []string{"kubectl", "kustomize"}
+	}
+	if _, err := exec.LookPath(command[0]); err != nil {
+		msg := command[0] + " is not installed (make deploy-check finds a kustomize)"
 		if testenv.Required() {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)
 	}
-	out, err := exec.Command("kubectl", "kustomize", dir).Output()
+	out, err := exec.Command(command[0], append(command[1:], dir)...).Output()
 	if err != nil {
 		var stderr []byte
 		if ee, ok := err.(*exec.ExitError); ok {
 			stderr = ee.Stderr
 		}
-		t.Fatalf("kubectl kustomize %s: %v\n%s", dir, err, stderr)
+		t.Fatalf("%s %s: %v\n%s", strings.Join(command, " "), dir, err, stderr)
 	}
 	var r rendered
 	for i, doc := range bytes.Split(out, []byte("\n---\n")) {
