@@ -67,6 +67,7 @@ KUSTOMIZE ?= $(shell kubectl version --client 2>/dev/null | grep -q 'Kustomize V
 
 deploy-check:
 	@for k in $(KUSTOMIZATIONS); do echo "$(KUSTOMIZE) $$k"; $(KUSTOMIZE) $$k >/dev/null || exit 1; done
+	@if command -v yamllint >/dev/null; then echo "yamllint deploy"; yamllint -d relaxed --no-warnings deploy; else echo "yamllint not installed: skipped"; fi
 	docker-compose -f deploy/compose/compose.yaml config -q
 	promtool check rules deploy/prometheus/alerts.yaml
 	promtool test rules deploy/prometheus/alerts_test.yaml
