@@ -165,9 +165,22 @@ func describeRedis(c config.Redis) []any {
 	return []any{"mode", "single", "addr", c.Addr}
 }
 
-// redisPinger is what the watcher needs of the client.
-type redisPinger interface {
-	Ping(ctx context.Context) *redis.StatusCmd
+// pingRedis pings the one server, or every master of a Cluster: one
+// unreachable master is enough to hold every batch that has a group on it,
+// and a Cluster client's own PING goes to any single node.
+func pingRedis(client redis.UniversalClient) func(ctx context.Context) error {
+	cc, ok := client.(*redis.ClusterClient)
+	if !ok {
+		return func(ctx context.Context) error { return client.Ping(ctx).Err() }
+	}
+	return func(ctx context.Context) error {
+		return cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
+			if err := c.Ping(ctx).Err(); err != nil {
+				return fmt.Errorf("master %s: %w", c.Options().Addr, err)
+			}
+			return nil
+		})
+	}
 }
 
 // stateMarker is what the watcher needs of state.Marker.
@@ -179,7 +192,7 @@ type stateMarker interface {
 // seconds of Redis going away, even when no event needs it, and after
 // every answered ping checks that Redis still holds the service's state.
 type redisWatch struct {
-	client  redisPinger
+	ping    func(ctx context.Context) error
 	marker  stateMarker
 	health  *health
 	metrics *metrics
@@ -195,9 +208,9 @@ type redisWatch struct {
 	markerFailed bool
 }
 
-func newRedisWatch(client redisPinger, marker stateMarker, c config.Redis, h *health, m *metrics, logger *slog.Logger) *redisWatch {
+func newRedisWatch(client redis.UniversalClient, marker stateMarker, c config.Redis, h *health, m *metrics, logger *slog.Logger) *redisWatch {
 	return &redisWatch{
-		client: client, marker: marker, health: h, metrics: m,
+		ping: pingRedis(client), marker: marker, health: h, metrics: m,
 		logger: logger, where: describeRedis(c), now: time.Now,
 	}
 }
@@ -223,7 +236,7 @@ func (w *redisWatch) run(ctx context.Context) {
 func (w *redisWatch) check(ctx context.Context) {
 	pctx, cancel := context.WithTimeout(ctx, redisPingTimeout)
 	defer cancel()
-	err := w.client.Ping(pctx).Err()
+	err := w.ping(pctx)
 	if ctx.Err() != nil {
 		return // stopping
 	}

@@ -416,3 +416,27 @@ func TestServiceRidesOutASentinelFailover(t *testing.T) {
 		t.Errorf("processed %v events, want %d", n, len(before)+len(after))
 	}
 }
+
+func TestRedisWatchPingsEveryClusterMaster(t *testing.T) {
+	t.Parallel()
+	rc := testenv.StartRedisCluster(t, 3, 0)
+	logs, m := watch(t, config.Redis{ClusterAddrs: rc.Addrs()[:1]}, "test:")
+	waitLog(t, logs, "redis connected", 15*time.Second)
+	time.Sleep(2500 * time.Millisecond) // the markers are written
+	victim := rc.Nodes[1]
+	victim.Stop()
+	lines := waitLog(t, logs, "redis disconnected; retrying every second", 15*time.Second)
+	for _, l := range lines {
+		if l["msg"] == "redis disconnected; retrying every second" && !strings.Contains(fmt.Sprint(l["error"]), victim.Addr()) {
+			t.Errorf("disconnected line %v does not name the master that is down (%s)", l, victim.Addr())
+		}
+	}
+	// It comes back empty: one master's state is lost.
+	victim.Start()
+	rc.WaitHealthy(time.Minute)
+	waitLog(t, logs, "redis lost the service's state: restarted without persistence, failed over to a replica without the data, flushed, or evicting keys", 15*time.Second)
+	time.Sleep(2500 * time.Millisecond)
+	if n := testutil.ToFloat64(m.stateResets); n != 1 {
+		t.Errorf("state resets %v after one master restarted empty, want 1\n%s", n, logs.String())
+	}
+}
