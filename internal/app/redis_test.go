@@ -440,3 +440,45 @@ func TestRedisWatchPingsEveryClusterMaster(t *testing.T) {
 		t.Errorf("state resets %v after one master restarted empty, want 1\n%s", n, logs.String())
 	}
 }
+
+func TestRedisSentinelOverTLSFollowsAFailover(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	pki := testenv.NewPKI(t)
+	rs := testenv.StartRedisSentinel(t, testenv.RedisWithTLS(testenv.RedisTLSFrom(pki, true)))
+	c := config.Redis{
+		SentinelAddrs: rs.SentinelAddrs(), SentinelMaster: rs.MasterName(), TLS: true,
+		TLSFiles: config.TLSFiles{CAFile: pki.CAFile, CertFile: pki.ClientCert, KeyFile: pki.ClientKey},
+	}
+	rdb, err := newRedisClient(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	if err := rdb.Set(ctx, "k", "before", 0).Err(); err != nil {
+		t.Fatalf("SET through the Sentinel over TLS: %v", err)
+	}
+	rs.KillMaster(ctx)
+	// The client finds the new master and verifies its certificate too.
+	var setErr error
+	for range 50 {
+		if setErr = rdb.Set(ctx, "k", "after", 0).Err(); setErr == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if setErr != nil {
+		t.Fatalf("SET after the failover: %v", setErr)
+	}
+
+	c.TLSFiles.CAFile = pki.OtherCAFile
+	other, err := newRedisClient(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if err := other.Ping(ctx).Err(); err == nil || !strings.Contains(err.Error(), "unknown authority") {
+		t.Errorf("PING trusting another CA: %v, want refused", err)
+	}
+}
