@@ -65,8 +65,8 @@ func StartRedisSentinel(t testing.TB, opts ...RedisOption) *RedisSentinel {
 	}
 	lines = append(lines,
 		"bind 127.0.0.1",
-		"dir " + sentinel.dir,
-		"logfile " + filepath.Join(sentinel.dir, "redis.log"),
+		"dir "+sentinel.dir,
+		"logfile "+filepath.Join(sentinel.dir, "redis.log"),
 		fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 1", rs.name, master.port),
 		fmt.Sprintf("sentinel down-after-milliseconds %s 1000", rs.name),
 		fmt.Sprintf("sentinel failover-timeout %s 10000", rs.name),
