@@ -22,7 +22,12 @@ var applyScript string
 //	               number of events suppressed since the last one
 //
 // Every update resets the lifetime of all four to the retention plus the
-// suppression span plus ten minutes.
+// suppression span plus ten minutes. Beside them, Marker keeps
+// prefix{m<n>}:marker keys, which never expire, to notice that Redis lost
+// the state.
+//
+// The client may be a single server's, a Sentinel failover client or a
+// Cluster client; scripts.go says how calls are made on each.
 type Redis struct {
 	client redis.UniversalClient
 	prefix string
