@@ -15,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/audit-platform/audit-log-analysis/internal/broker"
 	"github.com/audit-platform/audit-log-analysis/internal/config"
@@ -88,11 +87,12 @@ func Serve(ctx context.Context, env Env, rulePaths []string) (err error) {
 		return fmt.Errorf("listen on PROMETHEUS_PORT %d: %w", cfg.PrometheusPort, err)
 	}
 
-	// go-redis logs dial failures on its own, to stderr; route them to
-	// the service's log at Debug: health and the redis watcher already
-	// report the state change once.
-	redis.SetLogger(redisLogger{logger.With("component", "redis")})
-	rdb := redis.NewClient(redisOptions(cfg.Redis))
+	rdb, err := newRedisClient(cfg.Redis)
+	if err != nil {
+		appLn.Close()
+		promLn.Close()
+		return err
+	}
 	defer rdb.Close()
 
 	h := &health{}
@@ -130,7 +130,7 @@ func Serve(ctx context.Context, env Env, rulePaths []string) (err error) {
 		return fmt.Errorf("consumer: %w", err)
 	}
 	h.consumer, h.publisher = consumer, publisher
-	redisWatch := &redisWatch{client: rdb, health: h, metrics: m, logger: logger.With("component", "redis")}
+	redisWatch := newRedisWatch(rdb, state.NewMarker(rdb, cfg.RedisKeyPrefix), cfg.Redis, h, m, logger.With("component", "redis"))
 
 	handler := &pipeline{
 		engine:          engine,
