@@ -223,7 +223,7 @@ func (r *run) processed() float64 {
 // waitProcessed waits until the running lifetime has processed n events.
 func (r *run) waitProcessed(n int) {
 	r.t.Helper()
-	waitFor(r.t, 3*time.Minute, "processed_total reaches "+strconv.Itoa(n), func() (bool, string) {
+	waitFor(r.t, 2*time.Minute, "processed_total reaches "+strconv.Itoa(n), func() (bool, string) {
 		p := r.processed()
 		return p >= float64(n), fmt.Sprintf("processed_total %.0f", p)
 	})
