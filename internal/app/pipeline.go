@@ -47,8 +47,8 @@ type pipeline struct {
 	// limit.
 	maxDeliveries int
 	metrics       *metrics
-	logger          *slog.Logger
-	now             func() time.Time
+	logger        *slog.Logger
+	now           func() time.Time
 	// onStoreFailure reports that the state store failed, so health turns
 	// at once instead of at the next periodic ping.
 	onStoreFailure func()
