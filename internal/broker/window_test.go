@@ -29,8 +29,8 @@ func TestWindow(t *testing.T) {
 		{name: "redeliveries keep it at one", max: 256, budget: 32 << 20, seen: again(1000, 5), current: 1, want: 1},
 		{name: "a first-time delivery opens the window", max: 256, budget: 32 << 20, seen: append(again(1000, 5), fresh(1000, 1)...), current: 1, want: 256},
 		{name: "large bodies lower it to what fits the budget", max: 256, budget: 32 << 20, seen: fresh(900_000, 3), current: 256, want: 37},
-		{name: "a body larger than the budget still gets one", max: 256, budget: 1 << 20, seen: fresh(2 << 20, 1), current: 256, want: 1},
-		{name: "no byte budget means the configured count", max: 100, seen: fresh(1 << 20, 1), current: 1, want: 100},
+		{name: "a body larger than the budget still gets one", max: 256, budget: 1 << 20, seen: fresh(2<<20, 1), current: 256, want: 1},
+		{name: "no byte budget means the configured count", max: 100, seen: fresh(1<<20, 1), current: 1, want: 100},
 		{name: "a small rise is not worth restarting the consumer", max: 256, budget: 32 << 20, seen: fresh(600_000, 1), current: 37, want: 37},
 		{name: "reaching the configured count is", max: 50, budget: 32 << 20, seen: fresh(600_000, 1), current: 37, want: 50},
 		{
