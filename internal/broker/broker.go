@@ -343,10 +343,26 @@ func dialNode(ctx context.Context, n node, name string, tlsFor TLSConfigFunc) (*
 			return c, nil
 		},
 	}
+	// With TLS 1.3 the client's handshake is over before the broker has
+	// checked the client's certificate: a broker that refuses it just
+	// closes the connection. Knowing that the handshake went through tells
+	// that case from a broker that is merely down.
+	var verified atomic.Bool
 	if n.tls && tlsFor != nil {
 		tc, err := tlsFor(n.host)
 		if err != nil {
 			return nil, fmt.Errorf("TLS configuration: %w", err)
+		}
+		tc = tc.Clone()
+		check := tc.VerifyConnection
+		tc.VerifyConnection = func(cs tls.ConnectionState) error {
+			if check != nil {
+				if err := check(cs); err != nil {
+					return err
+				}
+			}
+			verified.Store(true)
+			return nil
 		}
 		cfg.TLSClientConfig = tc
 	}
@@ -357,6 +373,9 @@ func dialNode(ctx context.Context, n node, name string, tlsFor TLSConfigFunc) (*
 	if err != nil {
 		if raw != nil {
 			raw.Close()
+		}
+		if verified.Load() {
+			err = &closedAfterTLS{err}
 		}
 		return nil, hideURL(err, n.url)
 	}
@@ -415,6 +434,13 @@ func (l *link) close(ch *amqp.Channel, blocked bool) {
 	}
 	l.raw.Close()
 }
+
+// closedAfterTLS is a connection that failed after its TLS handshake
+// succeeded on the client's side.
+type closedAfterTLS struct{ err error }
+
+func (e *closedAfterTLS) Error() string { return e.err.Error() }
+func (e *closedAfterTLS) Unwrap() error { return e.err }
 
 // closeReason turns a close notification into an error for logs. The
 // broker's *amqp.Error stays reachable, for classifying it.

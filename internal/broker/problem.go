@@ -51,6 +51,19 @@ func classify(err error) *Problem {
 	if fix, ok := tlsFailure(err); ok {
 		return &Problem{Reason: ReasonTLS, Fix: fix, Err: err}
 	}
+	if p := classifyAMQP(err); p != nil {
+		return p
+	}
+	var after *closedAfterTLS
+	if errors.As(err, &after) {
+		return &Problem{Reason: ReasonTLS, Err: err,
+			Fix: "the broker closed the connection right after the TLS handshake, which is how it refuses a client certificate: if it requires one, set RABBITMQ_TLS_CERT_FILE and RABBITMQ_TLS_KEY_FILE to a certificate signed by a CA it trusts"}
+	}
+	return nil
+}
+
+// classifyAMQP classifies the broker's own replies.
+func classifyAMQP(err error) *Problem {
 	var ae *amqp.Error
 	if !errors.As(err, &ae) {
 		return nil
