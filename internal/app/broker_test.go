@@ -378,3 +378,33 @@ func TestServiceConnectsOverTLSWithTheConfiguredFiles(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+func TestServiceStopsInTimeWhenTheBrokerStopsAnswering(t *testing.T) {
+	t.Parallel()
+	redisAddr := testenv.RedisAddr(t)
+	env := serviceEnv(t, redisAddr)
+	u, err := amqp.ParseURI(testenv.RabbitMQURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := testenv.StartProxy(t, net.JoinHostPort(u.Host, strconv.Itoa(u.Port)))
+	host, port, _ := net.SplitHostPort(proxy.Addr())
+	env["RABBITMQ_HOST"], env["RABBITMQ_PORT"] = host, port
+	env["SHUTDOWN_TIMEOUT"] = "5s"
+	s := startService(t, env)
+	t.Cleanup(func() { deleteKeys(t, redisAddr, s.prefix) })
+
+	// The network to the broker swallows everything: nothing closes, no
+	// reply comes, so every clean close can only time out.
+	proxy.SetPaused(true)
+	begin := time.Now()
+	if err := s.stop(); err != nil {
+		t.Errorf("Main returned %v", err)
+	}
+	took := time.Since(begin)
+	t.Logf("stopped %s after cancellation with the broker silent (SHUTDOWN_TIMEOUT 5s)", took.Round(time.Millisecond))
+	if took > 5*time.Second {
+		t.Errorf("stopping took %s, more than SHUTDOWN_TIMEOUT", took)
+	}
+	proxy.SetPaused(false)
+}

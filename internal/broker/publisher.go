@@ -147,6 +147,30 @@ type pubConn struct {
 	reason    error         // why; written before lost is closed
 	block     blockState
 	watchDone chan struct{}
+
+	wmu     sync.Mutex // guards inWrite and the socket's write deadline
+	inWrite bool
+}
+
+// writing marks the start (with the deadline of its writes) or the end of
+// a Publish's writes.
+func (pc *pubConn) writing(on bool, deadline time.Time) {
+	pc.wmu.Lock()
+	defer pc.wmu.Unlock()
+	pc.inWrite = on
+	_ = pc.raw.SetWriteDeadline(deadline)
+}
+
+// interruptWrites makes a Publish's write under way fail at once, by moving
+// its deadline to the past. The connection is then closed by the library,
+// since a frame may have been cut: only a Publish that has to give up
+// (blocked, or out of time) does that.
+func (pc *pubConn) interruptWrites() {
+	pc.wmu.Lock()
+	defer pc.wmu.Unlock()
+	if pc.inWrite {
+		_ = pc.raw.SetWriteDeadline(time.Unix(1, 0))
+	}
 }
 
 // pubChannel is one confirming channel of a pubConn.
@@ -257,6 +281,7 @@ func (p *Publisher) watch(pc *pubConn, closes <-chan *amqp.Error, blocks <-chan 
 				continue
 			}
 			if b.Active {
+				pc.interruptWrites()
 				p.log.Warn("connection blocked by the broker: nothing can be published until it lifts the alarm", "reason", b.Reason)
 			} else {
 				p.log.Info("connection unblocked")
@@ -396,7 +421,7 @@ func (p *Publisher) Publish(ctx context.Context, msgs []Message) error {
 	if _, err := pc.returns.flush(ctx); err != nil {
 		return fmt.Errorf("publish: %w", err)
 	}
-	confirms, err := pc.send(ctx, blocked, msgs)
+	confirms, err := pc.send(ctx, msgs)
 	if err != nil {
 		return err
 	}
@@ -408,38 +433,18 @@ func (p *Publisher) Publish(ctx context.Context, msgs []Message) error {
 
 // send writes msgs. A write stuck behind TCP flow control (the broker
 // stops reading a blocked connection) fails when ctx ends or the block is
-// notified: its deadline is moved to the past, which also closes the
-// connection, since a frame may have been cut.
-func (pc *pubChannel) send(ctx context.Context, blocked <-chan struct{}, msgs []Message) ([]*amqp.DeferredConfirmation, error) {
-	raw := pc.conn.raw
+// notified (see pubConn.interruptWrites).
+func (pc *pubChannel) send(ctx context.Context, msgs []Message) ([]*amqp.DeferredConfirmation, error) {
 	deadline, _ := ctx.Deadline()
-	var mu sync.Mutex
-	writing := true
-	_ = raw.SetWriteDeadline(deadline)
-	interrupt := func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if writing {
-			_ = raw.SetWriteDeadline(time.Unix(1, 0))
-		}
+	pc.conn.writing(true, deadline)
+	defer pc.conn.writing(false, time.Time{})
+	stop := context.AfterFunc(ctx, pc.conn.interruptWrites)
+	defer stop()
+	// A block notified before the writes were marked could not interrupt
+	// them: look again.
+	if reason, ok := pc.conn.block.get(); ok {
+		return nil, fmt.Errorf("publish: %s: %w", reason, ErrBlocked)
 	}
-	stopCtx := context.AfterFunc(ctx, interrupt)
-	stopBlocked := make(chan struct{})
-	go func() {
-		select {
-		case <-blocked:
-			interrupt()
-		case <-stopBlocked:
-		}
-	}()
-	defer func() {
-		stopCtx()
-		close(stopBlocked)
-		mu.Lock()
-		writing = false
-		_ = raw.SetWriteDeadline(time.Time{})
-		mu.Unlock()
-	}()
 
 	confirms := make([]*amqp.DeferredConfirmation, len(msgs))
 	for i, m := range msgs {
