@@ -343,28 +343,13 @@ func dialNode(ctx context.Context, n node, name string, tlsFor TLSConfigFunc) (*
 			return c, nil
 		},
 	}
-	// With TLS 1.3 the client's handshake is over before the broker has
-	// checked the client's certificate: a broker that refuses it just
-	// closes the connection. Knowing that the handshake went through tells
-	// that case from a broker that is merely down.
 	var verified atomic.Bool
 	if n.tls && tlsFor != nil {
 		tc, err := tlsFor(n.host)
 		if err != nil {
 			return nil, fmt.Errorf("TLS configuration: %w", err)
 		}
-		tc = tc.Clone()
-		check := tc.VerifyConnection
-		tc.VerifyConnection = func(cs tls.ConnectionState) error {
-			if check != nil {
-				if err := check(cs); err != nil {
-					return err
-				}
-			}
-			verified.Store(true)
-			return nil
-		}
-		cfg.TLSClientConfig = tc
+		cfg.TLSClientConfig = noteVerified(tc, &verified)
 	}
 	conn, err := amqp.DialConfig(n.url, cfg)
 	if stopWatch != nil {
@@ -384,6 +369,26 @@ func dialNode(ctx context.Context, n node, name string, tlsFor TLSConfigFunc) (*
 		return nil, ctx.Err()
 	}
 	return &link{conn: conn, raw: raw, node: n}, nil
+}
+
+// noteVerified returns a copy of tc that sets verified once the server's
+// certificate passed verification. With TLS 1.3 the client's handshake is
+// over before the broker has checked the client's certificate, and a broker
+// that refuses it just closes the connection: knowing that the handshake
+// went through tells that case from a broker that is merely down.
+func noteVerified(tc *tls.Config, verified *atomic.Bool) *tls.Config {
+	tc = tc.Clone()
+	check := tc.VerifyConnection
+	tc.VerifyConnection = func(cs tls.ConnectionState) error {
+		if check != nil {
+			if err := check(cs); err != nil {
+				return err
+			}
+		}
+		verified.Store(true)
+		return nil
+	}
+	return tc
 }
 
 // bounded runs op, closing the socket if op has not returned within d or
