@@ -207,7 +207,7 @@ func startServiceUnhealthy(t *testing.T, env map[string]string) *service {
 	}
 	go func() {
 		s.done <- Main(ctx, Env{Args: []string{"audit-log-analysis"}, Getenv: func(k string) string { return env[k] },
-			Stdin: strings.NewReader(""), Stdout: s.logs, Stderr: s.logs, Version: "test"})
+			Stdin: strings.NewReader(""), Stdout: s.logs, Stderr: s.logs, Build: Build{Version: "test"}})
 	}()
 	t.Cleanup(func() {
 		s.stop()
@@ -250,7 +250,7 @@ func TestAFailedStartReleasesItsPorts(t *testing.T) {
 	}
 	defer taken.Close()
 	err = Main(context.Background(), Env{Args: []string{"audit-log-analysis"}, Getenv: func(k string) string { return env[k] },
-		Stdin: strings.NewReader(""), Stdout: &syncBuffer{}, Stderr: &syncBuffer{}, Version: "test"})
+		Stdin: strings.NewReader(""), Stdout: &syncBuffer{}, Stderr: &syncBuffer{}, Build: Build{Version: "test"}})
 	if err == nil || !strings.Contains(err.Error(), "PROMETHEUS_PORT") {
 		t.Fatalf("Main returned %v, want an error about PROMETHEUS_PORT", err)
 	}

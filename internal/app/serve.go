@@ -15,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/audit-platform/audit-log-analysis/internal/broker"
 	"github.com/audit-platform/audit-log-analysis/internal/config"
@@ -29,16 +28,43 @@ import (
 // within SHUTDOWN_TIMEOUT: consuming first (the batch in flight is finished
 // and acknowledged), then publishing, the background watchers and the HTTP
 // servers, and last what was built for them (Redis, the listeners).
-func Serve(ctx context.Context, env Env, rulesFile string) error {
-	cfg, err := loadConfig(env.Getenv)
+// rulePaths, when given, replace RULES_FILE. An error that stops the
+// service, at start-up or later, is logged in the configured format before
+// it is returned.
+func Serve(ctx context.Context, env Env, rulePaths []string) (err error) {
+	getenv, envFile, dotErr := withDotEnv(env.Getenv)
+	if dotErr != nil {
+		getenv = env.Getenv
+	}
+	level, format := config.LoadLogging(getenv)
+	logger := newLogger(level, format, env.Stdout)
+	started := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		msg := "start-up failed"
+		if started {
+			msg = "stopped with an error"
+		}
+		logger.Error(msg, "error", err)
+		err = reportedError{err}
+	}()
+	if dotErr != nil {
+		return dotErr
+	}
+	cfg, err := config.Load(getenv)
 	if err != nil {
-		return err
+		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	if rulesFile != "" {
-		cfg.RulesFile = rulesFile
+	if len(rulePaths) > 0 {
+		cfg.RulesFiles = rulePaths
 	}
-	logger := newLogger(cfg, env.Stdout)
-	logger.Info("starting", "version", env.Version, "config", cfg)
+	startAttrs := []any{"version", env.Build.String()}
+	if envFile != "" {
+		startAttrs = append(startAttrs, "env_file", envFile)
+	}
+	logger.Info("starting", append(startAttrs, "config", cfg)...)
 	limitMemory(logger, os.DirFS("/"))
 
 	// Every resource registers its clean-up as soon as it exists, so that
@@ -49,6 +75,7 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 	if err != nil {
 		return err
 	}
+	started = true
 	return s.run(ctx)
 }
 
@@ -86,26 +113,31 @@ type server struct {
 // are released by undo.
 func newServer(cfg config.Config, env Env, logger *slog.Logger, undo *cleanups) (*server, error) {
 	s := &server{cfg: cfg, logger: logger, health: &health{}}
-	set, err := loadRules(cfg, cfg.RulesFile, logger)
+	rulesLogger := logger.With("component", "rules")
+	set, err := loadRules(cfg.Detection, cfg.RulesFiles, rulesLogger)
 	if err != nil {
 		return nil, fmt.Errorf("load rules: %w", err)
 	}
+	logRules(rulesLogger, "rules loaded", set)
 	s.rules = set
 	reg := prometheus.NewRegistry()
 	s.metrics = newMetrics(reg)
-	s.metrics.buildInfo.WithLabelValues(env.Version).Set(1)
+	s.metrics.buildInfo.WithLabelValues(orDev(env.Build.Version), env.Build.shortRevision()).Set(1)
 
 	// Listen before connecting to anything, so a port in use fails the
 	// start at once instead of after the broker connections are up.
 	if err := s.listen(undo); err != nil {
 		return nil, err
 	}
-	store := s.connectRedis(undo)
+	store, err := s.connectRedis(undo)
+	if err != nil {
+		return nil, err
+	}
 	engine := rules.NewEngine(store, set, rules.Options{
 		Environment:  cfg.Environment,
 		MaxClockSkew: cfg.MaxClockSkew,
 	})
-	s.reloader = &reloader{engine: engine, cfg: cfg, metrics: s.metrics, logger: logger.With("component", "rules")}
+	s.reloader = &reloader{engine: engine, detection: cfg.Detection, paths: cfg.RulesFiles, metrics: s.metrics, logger: rulesLogger}
 	s.reloader.publish(set)
 	if err := s.newBrokerClients(); err != nil {
 		return nil, err
@@ -124,7 +156,7 @@ func newServer(cfg config.Config, env Env, logger *slog.Logger, undo *cleanups) 
 		onStoreFailure:  s.redisWatch.failed,
 	}
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
-	s.appSrv = httpapi.NewServer(s.appLn.Addr().String(), httpapi.NewAppHandler(s.health, metricsHandler))
+	s.appSrv = httpapi.NewServer(s.appLn.Addr().String(), httpapi.NewAppHandler(s.health, ruleLister{engine}, metricsHandler))
 	s.promSrv = httpapi.NewServer(s.promLn.Addr().String(), httpapi.NewMetricsHandler(metricsHandler))
 	return s, nil
 }
@@ -145,15 +177,14 @@ func (s *server) listen(undo *cleanups) error {
 }
 
 // connectRedis builds the Redis client, its watcher and the state store.
-func (s *server) connectRedis(undo *cleanups) rules.Store {
-	// go-redis logs dial failures on its own, to stderr; route them to
-	// the service's log at Debug: health and the redis watcher already
-	// report the state change once.
-	redis.SetLogger(redisLogger{s.logger.With("component", "redis")})
-	rdb := redis.NewClient(redisOptions(s.cfg.Redis))
+func (s *server) connectRedis(undo *cleanups) (rules.Store, error) {
+	rdb, err := newRedisClient(s.cfg.Redis)
+	if err != nil {
+		return nil, err
+	}
 	undo.add(func() { rdb.Close() })
-	s.redisWatch = &redisWatch{client: rdb, health: s.health, metrics: s.metrics, logger: s.logger.With("component", "redis")}
-	return state.NewRedis(rdb, s.cfg.RedisKeyPrefix)
+	s.redisWatch = newRedisWatch(rdb, state.NewMarker(rdb, s.cfg.RedisKeyPrefix), s.cfg.Redis, s.health, s.metrics, s.logger.With("component", "redis"))
+	return state.NewRedis(rdb, s.cfg.RedisKeyPrefix), nil
 }
 
 // newBrokerClients builds the publisher and the consumer, wiring their
@@ -325,12 +356,21 @@ func (g *group) stop(deadline time.Time) (late []string) {
 	return late
 }
 
-func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
-	if cfg.LogFormat == "text" {
+func newLogger(level slog.Level, format string, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationsAsText}
+	if format == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// durationsAsText writes every duration as Go writes it ("1.5s"): the JSON
+// handler would write nanoseconds, a number without a unit.
+func durationsAsText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }
 
 func b2f(b bool) float64 {

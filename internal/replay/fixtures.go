@@ -95,48 +95,12 @@ func RunFixtures(ctx context.Context, dir string, w io.Writer) error {
 
 // runFixture returns the case's name and what went wrong, if anything.
 func runFixture(ctx context.Context, file string) (string, []string) {
-	data, err := os.ReadFile(file)
+	fx, out, err := replayFixture(ctx, file)
 	if err != nil {
-		return file, []string{err.Error()}
-	}
-	var fx Fixture
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&fx); err != nil {
-		return file, []string{"bad fixture: " + err.Error()}
-	}
-	if fx.Name == "" {
-		fx.Name = filepath.Base(file)
-	}
-	set, err := fixtureRules(file, fx.Rules)
-	if err != nil {
-		return fx.Name, []string{err.Error()}
-	}
-	var input bytes.Buffer
-	for i, ev := range fx.Events {
-		b, err := json.Marshal(ev)
-		if err != nil {
-			return fx.Name, []string{fmt.Sprintf("event %d: %v", i+1, err)}
-		}
-		input.Write(b)
-		input.WriteByte('\n')
-	}
-	if fx.EventsFile != "" {
-		b, err := os.ReadFile(filepath.Join(filepath.Dir(file), fx.EventsFile))
-		if err != nil {
-			return fx.Name, []string{err.Error()}
-		}
-		input.Write(b)
-		input.WriteByte('\n')
-	}
-	var out bytes.Buffer
-	// The service's default clock skew, so fixtures see what it sees.
-	opts := Options{Rules: set, Environment: "TEST", MaxClockSkew: 5 * time.Minute}
-	if _, err := Run(ctx, []Input{{Name: file, Reader: &input}}, &out, opts); err != nil {
 		return fx.Name, []string{err.Error()}
 	}
 	var got []alert.Alert
-	for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
+	for _, line := range bytes.Split(bytes.TrimSpace(out), []byte("\n")) {
 		if len(line) == 0 {
 			continue
 		}
@@ -146,7 +110,57 @@ func runFixture(ctx context.Context, file string) (string, []string) {
 		}
 		got = append(got, a)
 	}
-	return fx.Name, compare(fx.Expect, got)
+	problems := compare(fx.Expect, got)
+	if len(problems) > 0 {
+		problems = append(problems, sideBySide(fx.Expect, got)...)
+	}
+	return fx.Name, problems
+}
+
+// replayFixture reads a fixture and replays its events; out holds the
+// alerts, one JSON line each, as the service would publish them.
+func replayFixture(ctx context.Context, file string) (fx Fixture, out []byte, err error) {
+	fx.Name = file
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fx, nil, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&fx); err != nil {
+		return fx, nil, fmt.Errorf("bad fixture: %w", err)
+	}
+	if fx.Name == "" {
+		fx.Name = filepath.Base(file)
+	}
+	set, err := fixtureRules(file, fx.Rules)
+	if err != nil {
+		return fx, nil, err
+	}
+	var input bytes.Buffer
+	for i, ev := range fx.Events {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return fx, nil, fmt.Errorf("event %d: %w", i+1, err)
+		}
+		input.Write(b)
+		input.WriteByte('\n')
+	}
+	if fx.EventsFile != "" {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(file), fx.EventsFile))
+		if err != nil {
+			return fx, nil, err
+		}
+		input.Write(b)
+		input.WriteByte('\n')
+	}
+	var buf bytes.Buffer
+	// The service's default clock skew, so fixtures see what it sees.
+	opts := Options{Rules: set, Environment: "TEST", MaxClockSkew: 5 * time.Minute}
+	if _, err := Run(ctx, []Input{{Name: file, Reader: &input}}, &buf, opts); err != nil {
+		return fx, nil, err
+	}
+	return fx, buf.Bytes(), nil
 }
 
 func fixtureRules(file, rel string) (*rules.Set, error) {
@@ -164,7 +178,7 @@ func compare(want []Expectation, got []alert.Alert) []string {
 			problems = append(problems, fmt.Sprintf("alert %d: want %s, got no alert", i+1, describe(want[i])))
 			continue
 		case i >= len(want):
-			problems = append(problems, fmt.Sprintf("alert %d: unexpected %s %v (count %s)", i+1, got[i].AnalysisRule.RuleID, got[i].Group, windowCount(got[i])))
+			problems = append(problems, fmt.Sprintf("alert %d: unexpected %s alert", i+1, got[i].AnalysisRule.RuleID))
 			continue
 		}
 		w, g := want[i], got[i]
@@ -173,7 +187,7 @@ func compare(want []Expectation, got []alert.Alert) []string {
 			diffs = append(diffs, fmt.Sprintf("rule %s, want %s", g.AnalysisRule.RuleID, w.Rule))
 		}
 		if w.Group != nil && !maps.Equal(w.Group, g.Group) {
-			diffs = append(diffs, fmt.Sprintf("group %v, want %v", g.Group, w.Group))
+			diffs = append(diffs, fmt.Sprintf("group %s, want %s", formatGroup(g.Group), formatGroup(w.Group)))
 		}
 		if w.Count != nil && (g.Window == nil || g.Window.Count != *w.Count) {
 			diffs = append(diffs, fmt.Sprintf("count %s, want %d", windowCount(g), *w.Count))

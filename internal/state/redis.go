@@ -22,11 +22,19 @@ var applyScript string
 //	               number of events suppressed since the last one
 //
 // Every update resets the lifetime of all four to the retention plus the
-// suppression span plus ten minutes.
+// suppression span plus ten minutes. Beside them, Marker keeps
+// prefix{m<n>}:marker keys, which never expire, to notice that Redis lost
+// the state.
+//
+// The client may be a single server's, a Sentinel failover client or a
+// Cluster client; scripts.go says how calls are made on each.
 type Redis struct {
 	client redis.UniversalClient
 	prefix string
-	script *redis.Script
+	apply  *redis.Script
+	// scripts are all the scripts the store runs, loaded together on
+	// every master when one answers NOSCRIPT (see scripts.go).
+	scripts []*redis.Script
 }
 
 // NewRedis returns a store keeping its keys under prefix. The prefix must
@@ -37,7 +45,9 @@ func NewRedis(client redis.UniversalClient, prefix string) *Redis {
 	if strings.ContainsAny(prefix, "{}") {
 		panic(fmt.Sprintf("state: Redis key prefix %q contains a brace", prefix))
 	}
-	return &Redis{client: client, prefix: prefix, script: redis.NewScript(applyScript)}
+	r := &Redis{client: client, prefix: prefix, apply: redis.NewScript(applyScript)}
+	r.scripts = []*redis.Script{r.apply}
+	return r
 }
 
 // Apply applies updates in order in one round trip and returns one Result
@@ -52,16 +62,6 @@ func (r *Redis) Apply(ctx context.Context, updates []Update) ([]Result, error) {
 		return []Result{}, nil
 	}
 	cmds, err := r.exec(ctx, updates)
-	if err != nil && noScript(cmds) {
-		// The script cache is empty after a restart, failover or
-		// SCRIPT FLUSH. Load the script and run the whole batch again:
-		// an update that did run before answers Duplicate (or, for a
-		// trigger, the same alert) the second time.
-		if err := r.script.Load(ctx, r.client).Err(); err != nil {
-			return nil, fmt.Errorf("load state script: %w", err)
-		}
-		cmds, err = r.exec(ctx, updates)
-	}
 	if err != nil {
 		return nil, fmt.Errorf("apply %d state updates: %w", len(updates), err)
 	}
@@ -75,31 +75,19 @@ func (r *Redis) Apply(ctx context.Context, updates []Update) ([]Result, error) {
 }
 
 func (r *Redis) exec(ctx context.Context, updates []Update) ([]*redis.Cmd, error) {
-	pipe := r.client.Pipeline()
-	cmds := make([]*redis.Cmd, len(updates))
-	for i, u := range updates {
+	return r.pipelined(ctx, len(updates), func(pipe redis.Pipeliner, i int) *redis.Cmd {
+		u := updates[i]
 		base := r.prefix + "{" + u.Key + "}"
 		keys := []string{base + ":e", base + ":v", base + ":s", base + ":m"}
 		distinct := 0
 		if u.Distinct {
 			distinct = 1
 		}
-		cmds[i] = r.script.EvalSha(ctx, pipe, keys,
+		return r.evalSha(ctx, pipe, r.apply, keys,
 			u.EventID, u.Time, u.Value, distinct, u.Count,
 			micros(u.Window), micros(u.Suppress), retention(u.Window),
 			keyTTL(u).Milliseconds(), maxEvents, maxBursts, MaxEventIDs, maxSuppressed)
-	}
-	_, err := pipe.Exec(ctx)
-	return cmds, err
-}
-
-func noScript(cmds []*redis.Cmd) bool {
-	for _, cmd := range cmds {
-		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-			return true
-		}
-	}
-	return false
+	})
 }
 
 // parseResult decodes the script's reply (see apply.lua).

@@ -173,12 +173,18 @@ func TestRedisReportsAnUnreachableServer(t *testing.T) {
 func TestMemoryAndRedisAgree(t *testing.T) {
 	t.Parallel()
 	s, _, _ := newRedisStore(t)
+	agreeWithMemory(t, s, 150)
+}
+
+// agreeWithMemory applies sequences random sequences of updates to s and
+// to a memory store and requires identical results.
+func agreeWithMemory(t *testing.T, s *Redis, sequences int) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 0x5eed))
 
 	seen := map[Outcome]int{}
-	for seq := range 150 {
+	for seq := range sequences {
 		m := NewMemory()
 		var rules []rule
 		for k := range 1 + rng.IntN(3) {
@@ -246,7 +252,7 @@ func TestMemoryAndRedisAgree(t *testing.T) {
 	}
 	t.Logf("outcomes: %v", seen)
 	for _, o := range []Outcome{Below, Fired, Suppressed, Duplicate} {
-		if seen[o] < 50 {
+		if seen[o] < sequences/3 {
 			t.Errorf("only %d %v outcomes: the generator misses a case", seen[o], o)
 		}
 	}

@@ -498,6 +498,7 @@ func (c *RabbitMQCluster) KillQuorumLeader(queue string) *RabbitMQ {
 
 func needRabbitMQ(t testing.TB) {
 	t.Helper()
+	skipShort(t, "rabbitmq-server")
 	if _, err := os.Stat(filepath.Join(rabbitBin, "rabbitmq-server")); err != nil {
 		msg := "rabbitmq-server is not installed in " + rabbitBin + ": apt-get install rabbitmq-server"
 		if Required() {

@@ -121,6 +121,7 @@ func newRedisServer(t testing.TB, port int, opts ...RedisOption) *RedisServer {
 
 func needRedisBinaries(t testing.TB) {
 	t.Helper()
+	skipShort(t, "redis-server")
 	for _, bin := range []string{"redis-server", "redis-cli"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			msg := bin + " is not installed: apt-get install redis-server redis-tools"

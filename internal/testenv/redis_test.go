@@ -121,3 +121,13 @@ func TestAPrivateRedisClusterServesTLS(t *testing.T) {
 		}
 	}
 }
+
+func TestAPrivateSentinelServesTLS(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	s := StartRedisSentinel(t, RedisWithTLS(RedisTLSFrom(NewPKI(t), true)))
+	if err := s.Master(ctx).Client().Set(ctx, "k", "v", 0).Err(); err != nil {
+		t.Fatal(err)
+	}
+}

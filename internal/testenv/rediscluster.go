@@ -66,11 +66,15 @@ func StartRedisCluster(t testing.TB, masters, replicas int, opts ...RedisOption)
 }
 
 // clusterPort returns a free port whose cluster bus port (10000 above it)
-// is free too.
+// is free too, both below the kernel's ephemeral range (see FreePort).
 func clusterPort(t testing.TB) int {
 	t.Helper()
+	low, high := 10000, ephemeralLow()-10000
 	for range 200 {
-		p := 20000 + rand.IntN(20000)
+		p := low + rand.IntN(high-low)
+		if reserved(p) || reserved(p+10000) {
+			continue
+		}
 		a, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
 		if err != nil {
 			continue

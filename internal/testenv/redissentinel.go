@@ -27,8 +27,9 @@ type RedisSentinel struct {
 
 // StartRedisSentinel starts the three processes and waits until the
 // Sentinel knows the replica and the replica is in sync, so a failover can
-// happen from then on. Options apply to the data servers; TLS is not
-// offered here.
+// happen from then on. Options apply to the data servers; with
+// RedisWithTLS, replication, the Sentinel's own port and its connections
+// to the data servers use TLS too.
 func StartRedisSentinel(t testing.TB, opts ...RedisOption) *RedisSentinel {
 	t.Helper()
 	needRedisBinaries(t)
@@ -37,7 +38,7 @@ func StartRedisSentinel(t testing.TB, opts ...RedisOption) *RedisSentinel {
 		o(&s)
 	}
 	if s.tls != nil {
-		t.Fatal("StartRedisSentinel does not offer TLS")
+		opts = append(opts, RedisArgs("--tls-replication", "yes"))
 	}
 	rs := &RedisSentinel{t: t, name: "audit"}
 	master := StartRedis(t, opts...)
@@ -49,17 +50,27 @@ func StartRedisSentinel(t testing.TB, opts ...RedisOption) *RedisSentinel {
 	}
 
 	port := FreePort(t)
-	sentinel := &RedisServer{t: t, port: port, dir: t.TempDir()}
+	sentinel := &RedisServer{t: t, port: port, dir: t.TempDir(), tls: s.tls}
 	conf := filepath.Join(sentinel.dir, "sentinel.conf")
-	lines := []string{
-		"port " + strconv.Itoa(port),
+	lines := []string{"port " + strconv.Itoa(port)}
+	if c := s.tls; c != nil {
+		auth := "no"
+		if c.ClientAuth {
+			auth = "yes"
+		}
+		lines = []string{
+			"port 0", "tls-port " + strconv.Itoa(port), "tls-replication yes", "tls-auth-clients " + auth,
+			"tls-cert-file " + c.CertFile, "tls-key-file " + c.KeyFile, "tls-ca-cert-file " + c.CAFile,
+		}
+	}
+	lines = append(lines,
 		"bind 127.0.0.1",
-		"dir " + sentinel.dir,
-		"logfile " + filepath.Join(sentinel.dir, "redis.log"),
+		"dir "+sentinel.dir,
+		"logfile "+filepath.Join(sentinel.dir, "redis.log"),
 		fmt.Sprintf("sentinel monitor %s 127.0.0.1 %d 1", rs.name, master.port),
 		fmt.Sprintf("sentinel down-after-milliseconds %s 1000", rs.name),
 		fmt.Sprintf("sentinel failover-timeout %s 10000", rs.name),
-	}
+	)
 	// The Sentinel rewrites its file as it learns; it must be writable.
 	if err := os.WriteFile(conf, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@
 //
 // Outside CI a test whose service is unreachable is skipped with a message
 // saying how to start it; when CI is set (or REQUIRE_SERVICES=1) it fails.
+// With -short (make unit) every test that needs a service is skipped.
 package testenv
 
 import (
@@ -133,6 +134,7 @@ func ephemeralLow() int {
 
 func need(t testing.TB, what, addr, how string) {
 	t.Helper()
+	skipShort(t, what)
 	conn, err := net.DialTimeout("tcp", addr, 2*time.Second)
 	if err == nil {
 		conn.Close()
@@ -143,6 +145,14 @@ func need(t testing.TB, what, addr, how string) {
 		t.Fatal(msg)
 	}
 	t.Skip(msg)
+}
+
+// skipShort skips a test that needs a server when tests run with -short.
+func skipShort(t testing.TB, what string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip(what + " is not used with -short")
+	}
 }
 
 func getenv(key, def string) string {
