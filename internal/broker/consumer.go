@@ -404,7 +404,7 @@ func (c *Consumer) resize(s *consumerSession, n int) {
 	if s.sub.cancelled || s.stopping {
 		return
 	}
-	if err := s.cancel(); err != nil {
+	if err := s.cancel(opTimeout); err != nil {
 		s.broken = fmt.Errorf("cancel the consumer to change its prefetch: %w", err)
 	}
 }
@@ -418,13 +418,14 @@ func (s *consumerSession) stopConsuming() error {
 	if s.sub.cancelled || s.sub.deliveries == nil {
 		return nil
 	}
-	return s.cancel()
+	return s.cancel(closeTimeout)
 }
 
-// cancel sends basic.cancel for the subscription; the caller holds subMu.
-func (s *consumerSession) cancel() error {
+// cancel sends basic.cancel for the subscription, waiting at most d for
+// the reply; the caller holds subMu.
+func (s *consumerSession) cancel(d time.Duration) error {
 	s.sub.cancelled = true
-	return s.bounded(context.Background(), closeTimeout, func() error { return s.ch.Cancel(s.sub.tag, false) })
+	return s.bounded(context.Background(), d, func() error { return s.ch.Cancel(s.sub.tag, false) })
 }
 
 // watch waits for the first sign that the session is over. Each
@@ -452,8 +453,10 @@ func (s *consumerSession) watch(connClose, chClose <-chan *amqp.Error, cancels <
 }
 
 // watchDepths reports the depth of the queues every DepthInterval, while
-// the session lasts. Its passive declares run on channels of their own, so
-// a queue that was deleted closes none the consumer uses.
+// the session lasts, from passive declares on a channel of its own: a
+// queue that was deleted closes only that channel, which is opened again
+// for the next one. Its calls are not bounded by a timeout that would close
+// the connection under the consumer; closing the session ends them.
 func (c *Consumer) watchDepths(s *consumerSession) {
 	defer close(s.depthDone)
 	if c.cfg.OnQueueDepth == nil {
@@ -462,6 +465,7 @@ func (c *Consumer) watchDepths(s *consumerSession) {
 	queues := append([]string{c.cfg.Queue}, c.cfg.DepthQueues...)
 	t := time.NewTicker(c.cfg.DepthInterval)
 	defer t.Stop()
+	var ch *amqp.Channel
 	for {
 		select {
 		case <-t.C:
@@ -471,14 +475,20 @@ func (c *Consumer) watchDepths(s *consumerSession) {
 			return
 		}
 		for _, q := range queues {
-			info, err := inspectQueue(context.Background(), s.link, q)
+			if ch == nil || ch.IsClosed() {
+				var err error
+				if ch, err = s.conn.Channel(); err != nil {
+					return // the connection is going: the session ends
+				}
+			}
+			info, err := ch.QueueDeclarePassive(q, false, false, false, false, nil)
 			switch {
 			case err == nil:
 				c.depth(q, info.Messages, true)
 			case isNotFound(err):
 				c.depth(q, 0, false)
 			default:
-				return // the connection is going: the session ends
+				return
 			}
 		}
 	}
