@@ -355,16 +355,6 @@ func (a *admin) hasArgs(queue string, args amqp.Table) error {
 	})
 }
 
-// exists reports whether queue exists.
-func (a *admin) exists(queue string) bool {
-	a.t.Helper()
-	err := a.withChannel(func(ch *amqp.Channel) error {
-		_, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-		return err
-	})
-	return err == nil
-}
-
 // publishBodies publishes bodies to queue, each with a message id of its
 // index.
 func (a *admin) publishBodies(queue string, bodies ...[]byte) {
