@@ -306,6 +306,11 @@ func (p *Publisher) serve(ctx context.Context, pc *pubConn) error {
 	_ = p.cfg.Backoff.retry(ctx, pc.lost, func() attempt {
 		ch, err := p.openChannel(ctx, pc)
 		if err != nil {
+			if pc.conn.IsClosed() {
+				// The connection is going: that loss is what to report.
+				<-pc.lost
+				return attempt{}
+			}
 			return attempt{err: err}
 		}
 		p.cur.Store(ch)
