@@ -19,6 +19,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/url"
@@ -280,6 +281,7 @@ type dialer struct {
 	nodes []node
 	name  string // connection_name, shown in the management UI
 	tls   TLSConfigFunc
+	log   *slog.Logger
 	next  int // the node to try first
 }
 
@@ -300,6 +302,9 @@ func (d *dialer) dial(ctx context.Context) (*link, error) {
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", n.redacted, err))
 		d.next = (i + 1) % len(d.nodes)
+		if len(d.nodes) > 1 && len(errs) < len(d.nodes) {
+			d.log.Warn("broker node failed; trying the next", "broker", n.redacted, "error", err.Error())
+		}
 	}
 	return nil, errors.Join(errs...)
 }

@@ -205,7 +205,7 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		cfg:       cfg,
 		log:       log,
 		state:     linkState{log: log, onConn: cfg.OnConnection, onError: cfg.OnError},
-		dialer:    dialer{nodes: nodes, name: "audit-log-analysis consumer", tls: cfg.TLS},
+		dialer:    dialer{nodes: nodes, name: "audit-log-analysis consumer", tls: cfg.TLS, log: log},
 		tagPrefix: "audit-log-analysis-" + randomHex(4),
 	}, nil
 }

@@ -117,7 +117,7 @@ func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 		cfg:    cfg,
 		log:    log,
 		state:  linkState{log: log, onConn: cfg.OnConnection, onError: cfg.OnError},
-		dialer: dialer{nodes: nodes, name: "audit-log-analysis publisher", tls: cfg.TLS},
+		dialer: dialer{nodes: nodes, name: "audit-log-analysis publisher", tls: cfg.TLS, log: log},
 	}, nil
 }
 
