@@ -220,6 +220,15 @@ func (r *run) processed() float64 {
 	return m[mProcessed]
 }
 
+// midRun fails the test unless processed, read when a fault came, shows
+// events still to handle: a fault after the drain proves nothing.
+func (r *run) midRun(processed float64, fault string) {
+	r.t.Helper()
+	if int(processed) >= r.in.events {
+		r.t.Errorf("%s came after the drain (%.0f events processed): the input is too small for this machine", fault, processed)
+	}
+}
+
 // waitProcessed waits until the running lifetime has processed n events.
 func (r *run) waitProcessed(n int) {
 	r.t.Helper()
