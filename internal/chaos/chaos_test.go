@@ -243,6 +243,11 @@ func (r *run) waitProcessed(n int) {
 // settled. It returns how long that took.
 func (r *run) waitDrained(timeout time.Duration) time.Duration {
 	r.t.Helper()
+	r.t.Cleanup(func() {
+		if r.t.Failed() && r.svc.running() {
+			r.t.Logf("where the service's goroutines wait:\n%s", r.svc.dumpGoroutines())
+		}
+	})
 	return waitFor(r.t, timeout, "the event queue drains", func() (bool, string) {
 		// The cheap check first; rabbitmqctl takes a second.
 		if d, err := depth(r.url, r.queue); err != nil || d > 0 {

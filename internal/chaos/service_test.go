@@ -361,6 +361,46 @@ func (s *service) ended() []lifetime {
 	return slices.Clone(s.lifetimes)
 }
 
+// dumpGoroutines makes the running service print its goroutines (SIGQUIT,
+// which also ends it) and returns, for each, its state and the first frame
+// in the service's own packages: where it waits.
+func (s *service) dumpGoroutines() string {
+	s.mu.Lock()
+	cmd, exited := s.cmd, s.exited
+	s.mu.Unlock()
+	if cmd == nil {
+		return "(not running)"
+	}
+	before, err := os.Stat(s.log)
+	if err != nil {
+		return err.Error()
+	}
+	_ = cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+	}
+	s.kill()
+	data, err := os.ReadFile(s.log)
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	header := ""
+	for line := range strings.Lines(string(data)) {
+		switch {
+		case strings.HasPrefix(line, "goroutine "):
+			header = strings.TrimSpace(line)
+		case header != "" && strings.Contains(line, "audit-log-analysis/internal/"):
+			fmt.Fprintf(&b, "%s %s\n", header, strings.TrimSpace(line))
+			header = ""
+		}
+	}
+	// The log's tail, printed for a failed test, stays the service's own.
+	_ = os.Truncate(s.log, before.Size())
+	return b.String()
+}
+
 // alertsLogged returns, by alert_id, when the service logged each alert
 // as published (confirmed by the broker), the latest time for an id
 // published more than once.

@@ -433,6 +433,11 @@ func (c *RabbitMQCluster) WaitReady() {
 	for {
 		running, err := c.running()
 		if err == nil && len(running) == len(c.Nodes) {
+			// Nodes that joined as they booted can leave feature flags
+			// off cluster-wide, quorum queues among them.
+			if _, err := c.Nodes[0].Ctl("enable_feature_flag", "all"); err != nil {
+				c.t.Fatalf("rabbitmq cluster: %v", err)
+			}
 			return
 		}
 		if time.Now().After(deadline) {
