@@ -295,21 +295,41 @@ func (p *parser) match(n *yaml.Node, label string) []Condition {
 			c.Op = OpIn
 			c.Values = p.strings(v, label, "match."+k.Value)
 		case yaml.MappingNode:
-			if len(v.Content) != 2 {
-				p.errorf(v, label, "match.%s: want exactly one operator", k.Value)
+			var opKey, opValue *yaml.Node
+			bad := false
+			for j := 0; j+1 < len(v.Content); j += 2 {
+				ok, ov := v.Content[j], v.Content[j+1]
+				if ok.Value == "ignore_case" {
+					b, err := strconv.ParseBool(ov.Value)
+					if ov.Kind != yaml.ScalarNode || err != nil {
+						p.errorf(ov, label, "match.%s.ignore_case: want true or false", k.Value)
+						bad = true
+					}
+					c.IgnoreCase = b
+					continue
+				}
+				if opKey != nil {
+					p.errorf(ok, label, "match.%s: want exactly one operator (and optionally ignore_case), not %s and %s", k.Value, opKey.Value, ok.Value)
+					bad = true
+					continue
+				}
+				opKey, opValue = ok, ov
+			}
+			if opKey == nil {
+				p.errorf(v, label, "match.%s: want an operator (%s)", k.Value, operators)
 				continue
 			}
-			c.Op = Op(v.Content[0].Value)
-			if c.Op == OpEquals {
-				c.Op = "equals" + " (write a plain value)"
+			if bad {
+				continue
 			}
-			c.Values = p.strings(v.Content[1], label, "match."+k.Value+"."+v.Content[0].Value)
+			c.Op = Op(opKey.Value)
+			c.Values = p.strings(opValue, label, "match."+k.Value+"."+opKey.Value)
 			if c.Op == OpRegex && len(c.Values) != 1 {
-				p.errorf(v.Content[1], label, "match.%s.regex: want one pattern", k.Value)
+				p.errorf(opValue, label, "match.%s.regex: want one pattern", k.Value)
 				continue
 			}
 			if err := c.compile(); err != nil {
-				p.errorf(v.Content[0], label, "match: %v", err)
+				p.errorf(opKey, label, "match: %v", err)
 				continue
 			}
 			conds = append(conds, c)
