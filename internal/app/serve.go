@@ -70,8 +70,8 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 	h := &health{}
 	store := state.NewRedis(rdb, cfg.RedisKeyPrefix)
 	engine := rules.NewEngine(store, set, rules.Options{
-		Environment:  cfg.Environment,
-		MaxClockSkew: cfg.MaxClockSkew,
+		Environment: cfg.Environment,
+		Clock:       rules.ArrivalClock{MaxSkew: cfg.MaxClockSkew},
 	})
 	reloader := &reloader{engine: engine, cfg: cfg, metrics: m, logger: logger.With("component", "rules")}
 	reloader.publish(set)
