@@ -292,6 +292,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(rulefiles.Default))
 	f.Add([]byte("rules:\n  - id: X\n    severity: HIGH\n    match: {client_ip: {cidr: [10.0.0.0/8]}}\n    threshold: {count: 2, window: 1m, distinct: user_id}\n"))
 	f.Add([]byte("rules: [1, {id: [x]}, {match: {a.b: {regex: '('}}}]"))
+	f.Add([]byte(issueSequence))
+	f.Add([]byte(issueNewValue))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		set, err := Parse("fuzz.yaml", data)
 		if err != nil {
@@ -302,12 +304,18 @@ func FuzzParse(f *testing.F) {
 		}
 		ids := map[string]bool{}
 		for _, r := range set.Rules {
-			if r.ID() == "" || ids[r.ID()] || r.Alert.Severity == "" || len(r.Match) == 0 {
+			if r.ID() == "" || ids[r.ID()] || r.Alert.Severity == "" || (len(r.Match) == 0 && r.Sequence == nil) {
 				t.Fatalf("accepted an invalid rule: %+v", r)
 			}
 			ids[r.ID()] = true
 			if th := r.Threshold; th != nil && (th.Count < 1 || th.Window <= 0) {
 				t.Fatalf("accepted an invalid threshold: %+v", th)
+			}
+			if sq := r.Sequence; sq != nil && (len(sq.Steps) < 2 || sq.Window <= 0) {
+				t.Fatalf("accepted an invalid sequence: %+v", sq)
+			}
+			if nv := r.NewValue; nv != nil && (len(nv.Fields) == 0 || nv.History < MinHistory || nv.MaxValues < 1) {
+				t.Fatalf("accepted an invalid new_value: %+v", nv)
 			}
 		}
 	})
