@@ -41,10 +41,13 @@ type pipeline struct {
 	sourceQueue     string
 	alertQueue      string
 	deadLetterQueue string // "" rejects without requeue instead
-	maxBodyBytes    int
-	metrics         *metrics
-	logger          *slog.Logger
-	now             func() time.Time
+	// shadowQueue receives the alerts of rules in shadow mode; "" means
+	// they are only counted and logged.
+	shadowQueue  string
+	maxBodyBytes int
+	metrics      *metrics
+	logger       *slog.Logger
+	now          func() time.Time
 	// onStoreFailure reports that the state store failed, so health turns
 	// at once instead of at the next periodic ping.
 	onStoreFailure func()
@@ -232,12 +235,19 @@ func (p *pipeline) handle(ctx context.Context, batch []broker.Delivery) ([]broke
 
 	msgs := make([]broker.Message, 0, len(out.Alerts)+len(rejected))
 	for _, f := range out.Alerts {
+		queue := p.alertQueue
+		if f.Rule.Mode == rules.Shadow {
+			// A rule on trial never pages anyone.
+			if queue = p.shadowQueue; queue == "" {
+				continue
+			}
+		}
 		body, err := alert.Marshal(f.Alert)
 		if err != nil {
 			return nil, err
 		}
 		msgs = append(msgs, broker.Message{
-			Queue:       p.alertQueue,
+			Queue:       queue,
 			Body:        body,
 			MessageID:   f.Alert.AlertID,
 			ContentType: "application/json",
@@ -273,16 +283,26 @@ func (p *pipeline) handle(ctx context.Context, batch []broker.Delivery) ([]broke
 	for id, n := range out.Suppressed {
 		p.metrics.suppressed.WithLabelValues(id).Add(float64(n))
 	}
+	for id, n := range out.Evicted {
+		p.metrics.newValueEvictions.WithLabelValues(id).Add(float64(n))
+	}
+	live := 0
 	for _, f := range out.Alerts {
 		a := f.Alert
-		p.metrics.alerts.WithLabelValues(f.Rule.Category, a.Severity).Inc()
-		p.metrics.ruleAlerts.WithLabelValues(f.Rule.ID()).Inc()
-		p.logger.Info("alert published",
-			"alert_id", a.AlertID, "rule_id", a.AnalysisRule.RuleID, "severity", a.Severity,
+		p.metrics.ruleAlerts.WithLabelValues(f.Rule.ID(), string(f.Rule.Mode)).Inc()
+		msg := "alert published"
+		if f.Rule.Mode == rules.Shadow {
+			msg = "shadow alert"
+		} else {
+			live++
+			p.metrics.alerts.WithLabelValues(f.Rule.Category, a.Severity).Inc()
+		}
+		p.logger.Info(msg,
+			"alert_id", a.AlertID, "rule_id", a.AnalysisRule.RuleID, "mode", string(f.Rule.Mode), "severity", a.Severity,
 			"actor_id", a.TriggeredBy.ActorID, "server_hostname", a.ImpactedResource.ServerHostname,
 			"correlation_id", a.CorrelationID)
 	}
-	if len(out.Alerts) > 0 {
+	if live > 0 {
 		p.metrics.lastAlertUnixSec.Set(float64(p.now().Unix()))
 	}
 	for _, r := range rejected {

@@ -80,6 +80,9 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 	if cfg.RabbitMQDeadLetterQueue != "" {
 		queues = append(queues, cfg.RabbitMQDeadLetterQueue)
 	}
+	if cfg.RabbitMQShadowQueue != "" {
+		queues = append(queues, cfg.RabbitMQShadowQueue)
+	}
 	publisher, err := broker.NewPublisher(broker.PublisherConfig{
 		URL:          cfg.RabbitMQURLs[0],
 		Logger:       logger,
@@ -116,6 +119,7 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 		now:             time.Now,
 		onStoreFailure:  redisWatch.failed,
 	}
+	handler.shadowQueue = cfg.RabbitMQShadowQueue
 
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	appSrv := httpapi.NewServer(appLn.Addr().String(), httpapi.NewAppHandler(h, metricsHandler))
