@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/audit-platform/audit-log-analysis/internal/alert"
+	"github.com/audit-platform/audit-log-analysis/internal/event"
 	"github.com/audit-platform/audit-log-analysis/internal/rules"
 	rulefiles "github.com/audit-platform/audit-log-analysis/rules"
 )
@@ -36,6 +37,11 @@ import (
 //	    suppressed: 0
 //	    resource: /etc/shadow
 //	    correlation_id: ...
+//	    trigger: e3               # the event_id of the event that raised it
+//	    event_ids: [e1, e2, e3]   # the alert's event_ids, as event_id values
+//	    steps: [4, 1]             # a sequence's events per step
+//	    new_value: {client_ip: 203.0.113.9}
+//	    known_values: 3
 type Fixture struct {
 	Name       string           `yaml:"name"`
 	Rules      string           `yaml:"rules"`
@@ -52,6 +58,12 @@ type Expectation struct {
 	Suppressed    *int              `yaml:"suppressed"`
 	Resource      *string           `yaml:"resource"`
 	CorrelationID *string           `yaml:"correlation_id"`
+	// Trigger and EventIDs name events by their event_id.
+	Trigger     *string           `yaml:"trigger"`
+	EventIDs    []string          `yaml:"event_ids"`
+	Steps       []int             `yaml:"steps"`
+	NewValue    map[string]string `yaml:"new_value"`
+	KnownValues *int              `yaml:"known_values"`
 }
 
 // RunFixtures runs every *.yaml fixture under dir and reports to w. It
@@ -129,6 +141,7 @@ func runFixture(ctx context.Context, file string) (string, []string) {
 		input.Write(b)
 		input.WriteByte('\n')
 	}
+	ids := eventIDs(input.Bytes())
 	var out bytes.Buffer
 	// The service's default clock skew, so fixtures see what it sees.
 	opts := Options{Rules: set, Environment: "TEST", MaxClockSkew: 5 * time.Minute}
@@ -146,7 +159,27 @@ func runFixture(ctx context.Context, file string) (string, []string) {
 		}
 		got = append(got, a)
 	}
-	return fx.Name, compare(fx.Expect, got)
+	return fx.Name, compare(fx.Expect, got, ids)
+}
+
+// eventIDs maps the idempotency key of every event in input to the
+// event_id it was given (or "line N" when it has none), so that fixtures
+// can name events as they wrote them.
+func eventIDs(input []byte) map[string]string {
+	ids := map[string]string{}
+	for i, line := range bytes.Split(input, []byte("\n")) {
+		ev, err := event.Decode(line, event.MaxBodyBytes)
+		if err != nil {
+			continue
+		}
+		if _, dup := ids[ev.Key]; dup {
+			continue
+		}
+		if ids[ev.Key] = ev.ID; ev.ID == "" {
+			ids[ev.Key] = fmt.Sprintf("line %d", i+1)
+		}
+	}
+	return ids
 }
 
 func fixtureRules(file, rel string) (*rules.Set, error) {
@@ -156,7 +189,13 @@ func fixtureRules(file, rel string) (*rules.Set, error) {
 	return rules.LoadFile(filepath.Join(filepath.Dir(file), rel))
 }
 
-func compare(want []Expectation, got []alert.Alert) []string {
+func compare(want []Expectation, got []alert.Alert, ids map[string]string) []string {
+	name := func(key string) string {
+		if id, ok := ids[key]; ok {
+			return id
+		}
+		return key
+	}
 	var problems []string
 	for i := 0; i < max(len(want), len(got)); i++ {
 		switch {
@@ -191,6 +230,37 @@ func compare(want []Expectation, got []alert.Alert) []string {
 		if w.CorrelationID != nil && g.CorrelationID != *w.CorrelationID {
 			diffs = append(diffs, fmt.Sprintf("correlation_id %s, want %s", g.CorrelationID, *w.CorrelationID))
 		}
+		if w.Trigger != nil && name(g.CorrelationID) != *w.Trigger {
+			diffs = append(diffs, fmt.Sprintf("trigger %s, want %s", name(g.CorrelationID), *w.Trigger))
+		}
+		if w.EventIDs != nil {
+			var gotIDs []string
+			for _, k := range g.EventIDs {
+				gotIDs = append(gotIDs, name(k))
+			}
+			if !slices.Equal(gotIDs, w.EventIDs) {
+				diffs = append(diffs, fmt.Sprintf("event_ids %v, want %v", gotIDs, w.EventIDs))
+			}
+		}
+		if w.Steps != nil {
+			var counts []int
+			for _, st := range g.Steps {
+				counts = append(counts, st.Count)
+			}
+			if !slices.Equal(counts, w.Steps) {
+				diffs = append(diffs, fmt.Sprintf("steps %v, want %v", counts, w.Steps))
+			}
+		}
+		if w.NewValue != nil && (g.NewValue == nil || !maps.Equal(g.NewValue.Values, w.NewValue)) {
+			diffs = append(diffs, fmt.Sprintf("new_value %v, want %v", newValues(g), w.NewValue))
+		}
+		if w.KnownValues != nil && (g.NewValue == nil || g.NewValue.Known != *w.KnownValues) {
+			known := "none"
+			if g.NewValue != nil {
+				known = fmt.Sprint(g.NewValue.Known)
+			}
+			diffs = append(diffs, fmt.Sprintf("known_values %s, want %d", known, *w.KnownValues))
+		}
 		if len(diffs) > 0 {
 			problems = append(problems, fmt.Sprintf("alert %d: %s", i+1, strings.Join(diffs, "; ")))
 		}
@@ -209,6 +279,13 @@ func describe(e Expectation) string {
 		s += " {" + strings.Join(parts, ", ") + "}"
 	}
 	return s
+}
+
+func newValues(a alert.Alert) any {
+	if a.NewValue == nil {
+		return "none"
+	}
+	return a.NewValue.Values
 }
 
 func windowCount(a alert.Alert) string {

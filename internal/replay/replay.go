@@ -119,6 +119,7 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 		if n == 0 && len(pending) >= maxUntimed {
 			n = len(pending)
 		}
+		clock.Follow(pending[n:])
 		return process(n)
 	}
 	record = func(res rules.Output) error {
@@ -201,7 +202,9 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 	}
 	// The input has ended: nothing more can follow the events waiting.
 	for len(pending) > 0 {
-		if err := process(min(len(pending), opts.BatchSize)); err != nil {
+		n := min(len(pending), opts.BatchSize)
+		clock.Follow(pending[n:])
+		if err := process(n); err != nil {
 			return sum, err
 		}
 	}

@@ -1,6 +1,7 @@
 package rules
 
 import (
+	"iter"
 	"time"
 
 	"github.com/audit-platform/audit-log-analysis/internal/event"
@@ -75,32 +76,36 @@ func (c ArrivalClock) Stamp(events []*event.Event, now time.Time, stamps []Stamp
 //
 // An event dated more than MaxSkew ahead of that is either from a host with
 // a wrong clock (it counts at arrival) or the first after a quiet spell in
-// the input (the clock moves on). The event after it tells them apart:
-// after a quiet spell it is close to this one too; after a wrong clock's
-// outlier it is back near the clock. The last event of the input is taken
-// as it is. Events before the first readable time take that time.
+// the input (the clock moves on). The events after it tell them apart: a
+// wrong clock's outlier is followed, within the next lookahead events, by
+// one back near the clock; after a quiet spell, or in sparse input (a
+// login a day), none is. Events before the first readable time take that
+// time.
 //
 // So an event's stamp depends on the events after it. Ready says how many
-// events of those pending it can stamp; replay holds the rest back until
-// more arrive or the input ends.
+// pending events the clock can stamp; replay holds the rest back, and
+// tells the clock with Follow what follows each batch it stamps.
 type ReplayClock struct {
 	MaxSkew time.Duration
 	newest  time.Time
 	// lead is the first readable time of the input, once Ready has seen
 	// it and while the clock has not reached it.
 	lead time.Time
+	// following are the events after the next batch (see Follow).
+	following []*event.Event
 }
+
+// lookahead is how many of the events that follow an event far ahead of
+// the clock are looked at for one back near it.
+const lookahead = 8
 
 // NewReplayClock returns a replay clock with the given skew allowance.
 func NewReplayClock(maxSkew time.Duration) *ReplayClock { return &ReplayClock{MaxSkew: maxSkew} }
 
 // Ready returns how many of the pending events, in input order, the clock
-// can stamp without knowing what follows them: all but the last, once a
-// readable time is known; none while no event has had one.
+// can stamp without knowing more of the input: all but the last lookahead
+// once a readable time is known, none while no event has had one.
 func (c *ReplayClock) Ready(pending []*event.Event) int {
-	if len(pending) == 0 {
-		return 0
-	}
 	if c.newest.IsZero() && c.lead.IsZero() {
 		for _, ev := range pending {
 			if readable(ev) {
@@ -112,14 +117,28 @@ func (c *ReplayClock) Ready(pending []*event.Event) int {
 			return 0
 		}
 	}
-	return len(pending) - 1
+	return max(0, len(pending)-lookahead)
 }
 
-// Stamp implements Clock. The event after the last of the batch is taken to
-// be unknown: the input ends there, or replay has held it back (see
-// Ready). When no event of the input has a readable time, events count at
-// now, the time the replay started.
+// Follow tells the clock which events follow the next batch it stamps (at
+// least lookahead of them, or all that remain of the input). Without it the
+// input is taken to end with the batch.
+func (c *ReplayClock) Follow(events []*event.Event) { c.following = events }
+
+// Stamp implements Clock. When no event of the input has a readable time,
+// events count at now, the time the replay started.
 func (c *ReplayClock) Stamp(events []*event.Event, now time.Time, stamps []Stamp) {
+	following := c.following
+	c.following = nil
+	after := func(i int) *event.Event { // events[i], or past the batch what follows it
+		if i < len(events) {
+			return events[i]
+		}
+		if i -= len(events); i < len(following) {
+			return following[i]
+		}
+		return nil
+	}
 	lead := -1 // index of the first readable event, while the clock has no time
 	for i, ev := range events {
 		if c.newest.IsZero() && !readable(ev) {
@@ -140,15 +159,17 @@ func (c *ReplayClock) Stamp(events []*event.Event, now time.Time, stamps []Stamp
 			stamps[i] = Stamp{At: t, Arrival: t, Clamped: !ev.Timestamp.IsZero()}
 			continue
 		}
-		var next *event.Event
-		if i+1 < len(events) {
-			next = events[i+1]
-		}
-		stamps[i] = c.stamp(ev, next)
+		stamps[i] = c.stamp(ev, func(yield func(*event.Event) bool) {
+			for j := i + 1; j <= i+lookahead; j++ {
+				if next := after(j); next == nil || !yield(next) {
+					return
+				}
+			}
+		})
 	}
 }
 
-func (c *ReplayClock) stamp(ev, next *event.Event) Stamp {
+func (c *ReplayClock) stamp(ev *event.Event, next iter.Seq[*event.Event]) Stamp {
 	s := Stamp{At: ev.Timestamp, Arrival: c.newest}
 	switch t := ev.Timestamp; {
 	case t.IsZero():
@@ -158,9 +179,13 @@ func (c *ReplayClock) stamp(ev, next *event.Event) Stamp {
 	case c.newest.IsZero():
 		// The first readable time starts the clock.
 	case c.MaxSkew > 0 && t.Sub(c.newest) > c.MaxSkew:
-		quietSpell := next == nil || (!next.Timestamp.IsZero() && next.Timestamp.Sub(t).Abs() <= c.MaxSkew)
-		if !quietSpell {
-			s.At, s.Clamped = c.newest, true
+		for n := range next {
+			if readable(n) && n.Timestamp.Sub(c.newest) <= c.MaxSkew {
+				// Something after it is back near the clock: a wrong
+				// clock.
+				s.At, s.Clamped = c.newest, true
+				break
+			}
 		}
 	}
 	if s.At.After(c.newest) {
