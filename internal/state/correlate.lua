@@ -10,8 +10,10 @@
 -- KEYS[k+3]   b: sorted set, alerting trigger id -> time; exists once the
 --             group alerted
 -- KEYS[k+4]   a: hash, event id -> MessagePack {seq, reply} of the alerts
---             its update raised; field "" -> {suppressed since the last
---             alert, alerts raised}
+--             its update raised, for the newest max alerts of them; field
+--             "" -> matches suppressed since the last alert, "\0" -> alerts
+--             raised, "\0<seq>" -> the event id of alert seq (event ids
+--             hold no NUL)
 -- ARGV: event id, time, sequence (1/0), steps k, mask, window µs,
 --       suppress µs, retention µs, idle µs, idle µs once alerted,
 --       max events, max bursts, max alerts, max ids,
@@ -70,10 +72,20 @@ local function less(t1, id1, t2, id2)
   return t1 < t2 or (t1 == t2 and id1 < id2)
 end
 
+-- expire sets the lifetime of the group's keys; the alert keys exist only
+-- once it alerted, the value keys only for distinct steps.
 local function expire(ttl)
   local ms = math.ceil(ttl / 1000)
-  for _, key in ipairs(KEYS) do
-    redis.call('PEXPIRE', key, ms)
+  local last = k
+  if anyDistinct then
+    last = k + 2
+  end
+  for q = 1, last do
+    redis.call('PEXPIRE', KEYS[q], ms)
+  end
+  if ttl == idleAlerted then
+    redis.call('PEXPIRE', bk, ms)
+    redis.call('PEXPIRE', ak, ms)
   end
 end
 
@@ -89,7 +101,8 @@ for s = 1, k do
     end
   end
 end
-local alerted = redis.call('EXISTS', bk) == 1
+local nb = redis.call('ZCARD', bk)
+local alerted = nb > 0
 if newest then
   local limit = idle
   if alerted then
@@ -97,7 +110,7 @@ if newest then
   end
   if t - newest > limit then
     redis.call('DEL', unpack(KEYS))
-    newest, alerted = nil, false
+    newest, alerted, nb = nil, false, 0
   end
 end
 
@@ -127,9 +140,11 @@ end
 if t < floor then
   return {0}
 end
-if alerted and redis.call('ZCARD', bk) >= maxBursts then
-  local oldest = redis.call('ZRANGE', bk, 0, 0, 'WITHSCORES')
-  if not less(tonumber(oldest[2]), oldest[1], t, id) then
+local oldestBurst = nil
+if alerted then
+  local got = redis.call('ZRANGE', bk, 0, 0, 'WITHSCORES')
+  oldestBurst = {tonumber(got[2]), got[1]}
+  if nb >= maxBursts and not less(oldestBurst[1], oldestBurst[2], t, id) then
     return {0}
   end
 end
@@ -156,6 +171,8 @@ else
 end
 
 local below = '(' .. score(floor)
+local capped = false
+local sizes = {}
 for s = 1, k do
   local key = KEYS[s]
   local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
@@ -169,7 +186,9 @@ for s = 1, k do
     redis.call('ZREMRANGEBYSCORE', key, '-inf', below)
   end
   local n = redis.call('ZCARD', key)
+  sizes[s] = math.min(n, maxEvents)
   if n > maxEvents then
+    capped = true
     local ids = redis.call('ZRANGE', key, 0, n - maxEvents - 1)
     redis.call('ZREMRANGEBYRANK', key, 0, n - maxEvents - 1)
     if anyDistinct then
@@ -191,15 +210,13 @@ end
 if anyDistinct and not sequence then
   redis.call('ZREMRANGEBYSCORE', lk, '-inf', below)
 end
-if alerted then
+if alerted and oldestBurst[1] < floor then
   local n = redis.call('ZCOUNT', bk, '-inf', below)
-  local total = redis.call('ZCARD', bk)
-  local drop = math.max(n - 1, total - maxBursts)
-  if drop > 0 then
-    redis.call('ZREMRANGEBYRANK', bk, 0, drop - 1)
+  if n > 1 then
+    redis.call('ZREMRANGEBYRANK', bk, 0, n - 2)
   end
 end
-if not redis.call('ZSCORE', KEYS[first], id) then
+if capped and not redis.call('ZSCORE', KEYS[first], id) then
   return {0} -- dropped at once, the oldest of a full step
 end
 
@@ -223,7 +240,7 @@ local function at(s, i)
   return p[i]
 end
 
-local nLast = redis.call('ZCARD', L)
+local nLast = sizes[k]
 
 -- Number of events of step s with times before x.
 local function before(s, x)
@@ -396,17 +413,31 @@ local function lowerBound(s, pt, pid)
   return n
 end
 
--- The bursts: the last before the event, then all at or after its time.
+-- The bursts: the last before the event's time, then all at or after it.
+-- Events mostly arrive in order, so the newest few usually hold them all.
 local old = {} -- {time, id} in order, from the last before the event on
 local b0 = 1 -- old[b0] is the first burst at or after the event
 if alerted then
-  local prev = redis.call('ZREVRANGEBYSCORE', bk, '(' .. ts, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
-  if prev[2] then
-    old[1] = {tonumber(prev[2]), prev[1]}
-  end
-  local rest = redis.call('ZRANGEBYSCORE', bk, ts, '+inf', 'WITHSCORES')
-  for j = 1, #rest, 2 do
-    old[#old + 1] = {tonumber(rest[j + 1]), rest[j]}
+  local few = redis.call('ZREVRANGEBYSCORE', bk, '+inf', '-inf', 'WITHSCORES', 'LIMIT', 0, 4)
+  local n = #few / 2
+  if n < 4 or tonumber(few[2 * n]) < t then
+    -- They hold every burst at or after the event's time and the newest
+    -- before it.
+    for j = #few - 1, 1, -2 do
+      old[#old + 1] = {tonumber(few[j + 1]), few[j]}
+    end
+    while #old > 1 and old[2][1] < t do
+      table.remove(old, 1)
+    end
+  else
+    local prev = redis.call('ZREVRANGEBYSCORE', bk, '(' .. ts, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if prev[2] then
+      old[1] = {tonumber(prev[2]), prev[1]}
+    end
+    local rest = redis.call('ZRANGEBYSCORE', bk, ts, '+inf', 'WITHSCORES')
+    for j = 1, #rest, 2 do
+      old[#old + 1] = {tonumber(rest[j + 1]), rest[j]}
+    end
   end
 end
 b0 = 1
@@ -424,6 +455,7 @@ local changedEnd = t + w
 local i
 if bit(k) then
   i = redis.call('ZRANK', L, id)
+  pages[k] = {[i] = {t, id}}
 else
   i = lowerBound(k, t, id)
 end
@@ -502,13 +534,6 @@ if changed then
   end
 end
 
-local function meta()
-  local raw = redis.call('HGET', ak, '')
-  if raw then
-    return cmsgpack.unpack(raw)
-  end
-  return {0, 0}
-end
 
 -- Whether the event lies in the window of an alerting trigger at or after
 -- it: a late match of a window that already alerted.
@@ -529,14 +554,8 @@ end
 local last = bit(k)
 if d <= 0 then
   if last and (moved or zoned or covered()) then
-    local m = meta()
-    m[1] = m[1] + 1
-    redis.call('HSET', ak, '', cmsgpack.pack(m))
-    expire(idleAlerted)
+    redis.call('HINCRBY', ak, '', 1)
     return {2}
-  end
-  if changed then
-    expire(idleAlerted)
   end
   return {0}
 end
@@ -639,7 +658,7 @@ else
   local alertedIDs = {}
   local all = redis.call('HGETALL', ak)
   for q = 1, #all, 2 do
-    if all[q] ~= '' then
+    if string.byte(all[q]) ~= 0 and all[q] ~= '' then
       local r = cmsgpack.unpack(all[q + 1])[2]
       -- {1, n, burst...}: walk the bursts for their last event ids.
       local pos = 3
@@ -664,13 +683,13 @@ else
 end
 
 local reply = {1, d}
-local m = meta()
+local suppressedSince = tonumber(redis.call('HGET', ak, '') or '0')
 local firstReported = true
 for n = 1, #added do
   if chosen[n] then
     local b = report(added[n])
     if firstReported then
-      b[6] = m[1]
+      b[6] = suppressedSince
       firstReported = false
     end
     for _, v in ipairs({b[1], b[2], b[3], b[4], b[5], b[6], #b[7]}) do
@@ -689,21 +708,14 @@ for n = 1, #added do
 end
 
 -- Remember the alert for a redelivery, the newest maxAlerts of them.
-m[1], m[2] = 0, m[2] + 1
-redis.call('HSET', ak, '', cmsgpack.pack(m))
-redis.call('HSET', ak, id, cmsgpack.pack({m[2], reply}))
-if redis.call('HLEN', ak) > maxAlerts + 1 then
-  local all = redis.call('HGETALL', ak)
-  local oldestSeq, oldestID = nil, nil
-  for q = 1, #all, 2 do
-    if all[q] ~= '' then
-      local seq = cmsgpack.unpack(all[q + 1])[1]
-      if not oldestSeq or seq < oldestSeq then
-        oldestSeq, oldestID = seq, all[q]
-      end
-    end
+local seq = redis.call('HINCRBY', ak, '\0', 1)
+redis.call('HSET', ak, '', 0, id, cmsgpack.pack({seq, reply}), '\0' .. seq, id)
+if seq > maxAlerts then
+  local gone = '\0' .. (seq - maxAlerts)
+  local oldest = redis.call('HGET', ak, gone)
+  if oldest then
+    redis.call('HDEL', ak, oldest, gone)
   end
-  redis.call('HDEL', ak, oldestID)
 end
 expire(idleAlerted)
 return reply

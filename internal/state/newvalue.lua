@@ -4,7 +4,8 @@
 -- KEYS[1] n: sorted set, value -> newest time seen (µs)
 -- KEYS[2] f: string, the time of the group's first event (µs)
 -- KEYS[3] a: hash, event id -> MessagePack {seq, reply} of the alert its
---         update raised; field "" -> alerts raised
+--         update raised, for the newest max alerts; field "\0" -> alerts
+--         raised, "\0<seq>" -> the event id of alert seq
 -- ARGV: event id, time, value, history µs, learn µs, max values, idle µs,
 --       lateness µs, max alerts
 --
@@ -74,21 +75,14 @@ if not isNew or t - first < learn then
   return {0, known, evicted}
 end
 local reply = {1, known, evicted}
-local seq = tonumber(redis.call('HGET', ak, '') or '0') + 1
-redis.call('HSET', ak, '', seq)
-redis.call('HSET', ak, id, cmsgpack.pack({seq, reply}))
-if redis.call('HLEN', ak) > maxAlerts + 1 then
-  local all = redis.call('HGETALL', ak)
-  local oldestSeq, oldestID = nil, nil
-  for q = 1, #all, 2 do
-    if all[q] ~= '' then
-      local s = cmsgpack.unpack(all[q + 1])[1]
-      if not oldestSeq or s < oldestSeq then
-        oldestSeq, oldestID = s, all[q]
-      end
-    end
+local seq = redis.call('HINCRBY', ak, '\0', 1)
+redis.call('HSET', ak, id, cmsgpack.pack({seq, reply}), '\0' .. seq, id)
+if seq > maxAlerts then
+  local gone = '\0' .. (seq - maxAlerts)
+  local oldest = redis.call('HGET', ak, gone)
+  if oldest then
+    redis.call('HDEL', ak, oldest, gone)
   end
-  redis.call('HDEL', ak, oldestID)
 end
 redis.call('PEXPIRE', ak, ms)
 return reply
