@@ -38,6 +38,42 @@ type Engine struct {
 	rules atomic.Pointer[Set]
 	// Scratch space for Process, reused batch after batch.
 	stamps []Stamp
+	// lastSteps are recent events that matched the last step of a
+	// sequence: a sequence completed out of order is still raised by its
+	// last step's event when that is one of them.
+	lastSteps recent
+}
+
+// recent remembers the newest events put in it, within a count and a size
+// in bytes, oldest out first.
+type recent struct {
+	byKey map[string]*event.Event
+	order []string // keys, oldest first
+	bytes int
+}
+
+const (
+	recentEvents = 4096
+	recentBytes  = 8 << 20
+)
+
+func (c *recent) put(ev *event.Event) {
+	if c.byKey == nil {
+		c.byKey = map[string]*event.Event{}
+	}
+	if _, ok := c.byKey[ev.Key]; ok || len(ev.Raw) > recentBytes {
+		return
+	}
+	c.byKey[ev.Key] = ev
+	c.order = append(c.order, ev.Key)
+	c.bytes += len(ev.Raw)
+	for len(c.order) > recentEvents || c.bytes > recentBytes {
+		old := c.byKey[c.order[0]]
+		delete(c.byKey, c.order[0])
+		c.bytes -= len(old.Raw)
+		c.order[0] = ""
+		c.order = c.order[1:]
+	}
 }
 
 // NewEngine returns an engine running set against store.
@@ -150,6 +186,9 @@ func (e *Engine) Process(ctx context.Context, events []*event.Event, now time.Ti
 			if stateful {
 				p.update = len(updates)
 				updates = append(updates, u)
+				if sq := r.Sequence; sq != nil && u.Mask&(1<<(len(sq.Steps)-1)) != 0 {
+					e.lastSteps.put(ev)
+				}
 			}
 			todo = append(todo, p)
 		}
@@ -268,6 +307,13 @@ func matchAll(conds []Condition, ev *event.Event) bool {
 // stateful rule.
 func (e *Engine) build(p pending, b *state.Burst, res state.Result) Fired {
 	r := p.rule
+	if r.Sequence != nil && b != nil && b.LastEventID != p.ev.Key {
+		// Completed out of order: the last step's event, if remembered,
+		// is the alert's trigger.
+		if last, ok := e.lastSteps.byKey[b.LastEventID]; ok {
+			p.ev = last
+		}
+	}
 	in := alert.Input{Rule: r.Alert, Event: p.ev, Environment: e.opts.Environment, Now: p.now}
 	vals := templateValues{ruleID: r.ID()}
 	if b != nil {
