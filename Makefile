@@ -7,16 +7,30 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 BINARY  := bin/audit-log-analysis
 PKGS    ?= ./...
 
+REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
 GO      ?= go
 
+# Recipes run with bash and pipefail, so that a failing command on the
+# left of a pipe fails the target.
+SHELL       := bash
+.SHELLFLAGS := -o pipefail -c
+
 .DEFAULT_GOAL := build
-.PHONY: build test lint run replay bench tidy-check
+.PHONY: build test unit lint run replay bench tidy-check deploy-check
 
 build:
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o $(BINARY) ./cmd/audit-log-analysis
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION) -X main.revision=$(REVISION)" -o $(BINARY) ./cmd/audit-log-analysis
 
+# The whole suite against real servers (TEST_RABBITMQ_URL, TEST_REDIS_ADDR,
+# TEST_POSTGRES_DSN; see README). It ends with a line counting the skipped
+# tests and naming the servers they missed.
 test:
-	$(GO) test -race -count=1 $(PKGS)
+	$(GO) test -race -count=1 -json $(PKGS) | $(GO) run ./internal/testenv/testsummary
+
+# The tests that need no server: every test that would connect to one is
+# skipped (-short).
+unit:
+	$(GO) test -race -count=1 -short -json $(PKGS) | $(GO) run ./internal/testenv/testsummary
 
 # gofmt -l lists files that need formatting; any output fails the target.
 lint:
@@ -38,3 +52,25 @@ bench:
 tidy-check:
 	$(GO) mod tidy
 	git diff --exit-code go.mod go.sum
+
+# The deployment files: the kustomizations render, their output decodes
+# strictly into the Kubernetes API types (a Go test in the deploy module,
+# which also checks every PromQL expression against the service's
+# metrics), the compose file is valid, and the alert rules pass their unit
+# tests. Needs kubectl, promtool and docker-compose (.ci/run installs them).
+KUSTOMIZATIONS := deploy/kustomize/base $(wildcard deploy/kustomize/overlays/*)
+# kubectl's own kustomize when it is v5 (the manifests use its labels and
+# replicas fields), else kustomize v5 itself, pinned, through the Go
+# module proxy (Debian's kubectl is older).
+KUSTOMIZE_VERSION := v5.5.0
+KUSTOMIZE ?= $(shell kubectl version --client 2>/dev/null | grep -q 'Kustomize Version: v5' && echo "kubectl kustomize" || echo "$(GO) run sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) build")
+
+deploy-check:
+	@for k in $(KUSTOMIZATIONS); do echo "$(KUSTOMIZE) $$k"; $(KUSTOMIZE) $$k >/dev/null || exit 1; done
+	@if command -v yamllint >/dev/null; then echo "yamllint deploy"; yamllint -d relaxed --no-warnings deploy; else echo "yamllint not installed: skipped"; fi
+	docker-compose -f deploy/compose/compose.yaml config -q
+	promtool check rules deploy/prometheus/alerts.yaml
+	promtool test rules deploy/prometheus/alerts_test.yaml
+	cd deploy && $(GO) mod tidy && git diff --exit-code go.mod go.sum
+	cd deploy && $(GO) vet ./... && $(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+	cd deploy && KUSTOMIZE="$(KUSTOMIZE)" $(GO) test -count=1 ./...

@@ -5,7 +5,7 @@
 //	audit-loadgen sample  [-n 5000] [-seed 1] [-start T] [-o FILE]
 //	audit-loadgen publish [-url URL] [-queue audit_events] [-alerts audit_alerts]
 //	                      [-n 100000] [-rate 0] [-seed 1] [-start T] [-file FILE]
-//	                      [-timeout 5m] [-idle 3s]
+//	                      [-timeout 5m] [-idle 3s] [-keep-alerts]
 package main
 
 import (
@@ -37,8 +37,10 @@ const usage = `usage:
       write generated events with planted detection scenarios as JSON Lines
   audit-loadgen publish [-url URL] [-queue Q] [-alerts Q] [-n 100000] [-rate 0]
                         [-seed 1] [-start T] [-file FILE] [-timeout 5m] [-idle 3s]
+                        [-keep-alerts]
       publish events with publisher confirms, count the alerts that come back
-      and report throughput and latencies
+      (consuming them, or leaving them in the queue with -keep-alerts) and
+      report throughput and latencies
 
 Run "audit-loadgen COMMAND -h" for a command's flags.
 `
@@ -140,6 +142,7 @@ func runPublish(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.StringVar(&cfg.File, "file", "", "publish the lines of this JSON Lines file instead of generated events (-n, -seed and -start are then unused)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "give up after this long")
 	fs.DurationVar(&cfg.Idle, "idle", 3*time.Second, "the alert count has stopped growing once no alert came for this long")
+	fs.BoolVar(&cfg.KeepAlerts, "keep-alerts", false, "count the alerts but leave them in the alert queue (by default they are consumed)")
 	if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
 		return flagError(fs, err)
 	}

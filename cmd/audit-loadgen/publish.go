@@ -38,6 +38,9 @@ type publishConfig struct {
 	Timeout time.Duration
 	// Idle is how long no alert must come before the count is final.
 	Idle time.Duration
+	// KeepAlerts counts the alerts without taking them: they stay in the
+	// alert queue, for whoever was told to look there.
+	KeepAlerts bool
 }
 
 func (c publishConfig) validate() error {
@@ -116,6 +119,7 @@ func loadMessages(cfg publishConfig) ([]message, *sample.Plan, error) {
 // publishing.
 type report struct {
 	Queue, AlertQueue string
+	KeepAlerts        bool
 	Events            int
 	Published         int
 	Confirmed         int
@@ -165,7 +169,7 @@ type loadRun struct {
 // publish runs the publish command. It returns what it measured, also when
 // it gives up.
 func publish(ctx context.Context, cfg publishConfig, log io.Writer) (*report, error) {
-	rep := &report{Queue: cfg.Queue, AlertQueue: cfg.AlertQueue, Alerts: map[string]int{}}
+	rep := &report{Queue: cfg.Queue, AlertQueue: cfg.AlertQueue, KeepAlerts: cfg.KeepAlerts, Alerts: map[string]int{}}
 	msgs, plan, err := loadMessages(cfg)
 	if err != nil {
 		return rep, err
@@ -210,7 +214,11 @@ func publish(ctx context.Context, cfg publishConfig, log io.Writer) (*report, er
 			l.byKey[m.key] = i
 		}
 	}
-	fmt.Fprintf(log, "publishing %d events to %q on %s, counting alerts from %q\n", len(msgs), cfg.Queue, redact(cfg.URL), cfg.AlertQueue)
+	how := "counting alerts from %q\n"
+	if cfg.KeepAlerts {
+		how = "counting alerts in %q and leaving them there\n"
+	}
+	fmt.Fprintf(log, "publishing %d events to %q on %s, "+how, len(msgs), cfg.Queue, redact(cfg.URL), cfg.AlertQueue)
 	l.t0 = time.Now()
 	stopAlerts, err := l.consumeAlerts(alertConn)
 	if err != nil {
@@ -345,13 +353,19 @@ func (l *loadRun) publishEach(ctx context.Context, ch *amqp.Channel, wait func(*
 }
 
 // consumeAlerts counts the alerts of the alert queue until the returned
-// function is called.
+// function is called. With KeepAlerts it never acknowledges them, with no
+// prefetch limit, so that closing the channel returns every alert to the
+// queue, in order.
 func (l *loadRun) consumeAlerts(conn *amqp.Connection) (stop func(), err error) {
 	ch, err := conn.Channel()
 	if err != nil {
 		return nil, fmt.Errorf("open alert channel: %w", err)
 	}
-	if err := ch.Qos(256, 0, false); err != nil {
+	prefetch := 256
+	if l.cfg.KeepAlerts {
+		prefetch = 0
+	}
+	if err := ch.Qos(prefetch, 0, false); err != nil {
 		ch.Close()
 		return nil, fmt.Errorf("set prefetch: %w", err)
 	}
@@ -365,6 +379,9 @@ func (l *loadRun) consumeAlerts(conn *amqp.Connection) (stop func(), err error) 
 		defer close(done)
 		for d := range deliveries {
 			l.record(d.Body, time.Now())
+			if l.cfg.KeepAlerts {
+				continue
+			}
 			// An ack fails only once the channel is closing; the broker
 			// then requeues the alert, and the loop ends.
 			if d.Ack(false) != nil {
@@ -509,6 +526,9 @@ func (r *report) write(w io.Writer) {
 	fmt.Fprintf(w, "%d alerts for these events from %q", total, r.AlertQueue)
 	if total > 0 {
 		fmt.Fprintf(w, ", the last %.2fs after publishing started", r.LastAlert.Seconds())
+	}
+	if r.KeepAlerts {
+		fmt.Fprintf(w, "; every alert is still in %q", r.AlertQueue)
 	}
 	fmt.Fprintln(w)
 	ids := slices.Sorted(maps.Keys(r.Alerts))

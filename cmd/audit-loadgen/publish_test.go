@@ -232,3 +232,52 @@ func TestPublishSendsAFileAsItIsAndSaysWhenNothingConsumes(t *testing.T) {
 		}
 	}
 }
+
+func TestPublishWithKeepAlertsLeavesEveryAlertInTheQueue(t *testing.T) {
+	t.Parallel()
+	url := testenv.RabbitMQURL(t)
+	events, alerts, ch := queues(t, url)
+	svcConn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svcConn.Close()
+	svcCh, err := svcConn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var svc fakeService
+	stop := svc.run(t, svcCh, events, alerts)
+	cfg := publishConfig{URL: url, Queue: events, AlertQueue: alerts, Sample: sample.Options{Seed: 3, Events: 300},
+		Timeout: time.Minute, Idle: time.Second, KeepAlerts: true}
+	rep, err := publish(context.Background(), cfg, &bytes.Buffer{})
+	stop()
+	if err != nil {
+		t.Fatalf("publish: %v", err)
+	}
+	counted := rep.Alerts["TEST-FILE"] + rep.Duplicates
+	if counted == 0 {
+		t.Fatal("no alert counted")
+	}
+	// Every alert the service raised is counted and still waits in the
+	// queue (they come back once the tool's channel has closed).
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		q, err := ch.QueueDeclarePassive(alerts, true, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q.Messages == counted {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alert queue holds %d messages, want the %d counted", q.Messages, counted)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var out bytes.Buffer
+	rep.write(&out)
+	if !strings.Contains(out.String(), "every alert is still in") {
+		t.Errorf("report does not say the alerts were left:\n%s", out.String())
+	}
+}

@@ -89,9 +89,6 @@ type alertsDB struct {
 // test ends, in the PostgreSQL other tests share.
 func newAlertsDB(t *testing.T) *alertsDB {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("the alert contract test needs PostgreSQL; skipped with -short")
-	}
 	dsn := testenv.PostgresDSN(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

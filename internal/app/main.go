@@ -1,46 +1,81 @@
 // Package app is the composition root: it reads the configuration, builds
 // the logger, metrics, state store, engine, broker clients and HTTP
 // servers, starts them in order and stops them in reverse. It also runs the
-// offline commands (replay, rules check, rules test).
+// offline commands (replay, rules check, rules test, dead-letters).
 package app
 
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"os"
-	"strings"
 
 	"github.com/audit-platform/audit-log-analysis/internal/config"
-	"github.com/audit-platform/audit-log-analysis/internal/replay"
-	"github.com/audit-platform/audit-log-analysis/internal/rules"
-	rulefiles "github.com/audit-platform/audit-log-analysis/rules"
 )
 
 // Env is what the program gets from its process: arguments, environment
 // and standard streams. Tests pass their own.
 type Env struct {
-	Args    []string
-	Getenv  func(string) string
-	Stdin   io.Reader
-	Stdout  io.Writer
-	Stderr  io.Writer
-	Version string
+	Args   []string
+	Getenv func(string) string
+	Stdin  io.Reader
+	Stdout io.Writer
+	Stderr io.Writer
+	Build  Build
 }
 
-const usage = `usage:
-  audit-log-analysis [serve] [--rules FILE]           run the service
-  audit-log-analysis replay [--rules FILE] [FILE...]  run the rules over JSON Lines (stdin without FILE)
-  audit-log-analysis rules check FILE                 validate a rules file
-  audit-log-analysis rules test DIR                   run detection fixtures
-  audit-log-analysis version                          print the version
-`
+// Build describes the running binary.
+type Build struct {
+	// Version is the release ("v1.2.3", set at build time) or "dev".
+	Version string
+	// Module is the module version the go command recorded: a version
+	// for "go install ...@v1.2.3", "(devel)" for a build from a checkout.
+	Module string
+	// Revision is the VCS commit built from ("" when unknown); Modified
+	// says whether the checkout had uncommitted changes.
+	Revision  string
+	Modified  bool
+	GoVersion string
+}
 
-// errUsage marks a command line that could not be understood.
-var errUsage = errors.New("bad usage")
+// String is the version on one line: "v1.2.3 (abcdef012345)".
+func (b Build) String() string {
+	v := b.Version
+	if v == "" {
+		v = "dev"
+	}
+	if r := b.shortRevision(); r != "" {
+		v += " (" + r + ")"
+	}
+	return v
+}
+
+func (b Build) shortRevision() string {
+	r := b.Revision
+	if len(r) > 12 {
+		r = r[:12]
+	}
+	if r != "" && b.Modified {
+		r += "-dirty"
+	}
+	return r
+}
+
+const usage = `usage: audit-log-analysis COMMAND [flags] [arguments]
+
+commands:
+  serve [--rules PATH]                   run the service (the default command)
+  replay [--rules PATH] [FILE|- ...]     run the rules over JSON Lines; alerts to stdout
+  rules check [PATH ...]                 validate rule files and the set they make with the built-ins
+  rules test PATH ...                    run detection fixtures
+  dead-letters list [--reason R]         show dead-lettered messages and why
+  dead-letters redrive [--reason R]      publish dead-lettered messages to the event queue again
+  version                                print the version
+
+PATH is a rules file or a directory of *.yaml files; --rules may be repeated
+or take a comma-separated list, and adds to the built-in rules.
+Run "audit-log-analysis COMMAND -h" for a command's flags.
+`
 
 // Main runs the command the arguments name.
 func Main(ctx context.Context, env Env) error {
@@ -49,146 +84,121 @@ func Main(ctx context.Context, env Env) error {
 		args = args[1:]
 	}
 	cmd := "serve"
-	if len(args) > 0 {
+	// Flags without a command are the service's: "--rules x" serves.
+	if len(args) > 0 && (!isFlag(args[0]) || isHelp(args[0])) {
 		cmd, args = args[0], args[1:]
 	}
+	var err error
 	switch cmd {
 	case "serve":
-		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-		fs.SetOutput(env.Stderr)
-		rulesFile := fs.String("rules", "", "rules file (default: RULES_FILE, else the built-in rules)")
-		if err := fs.Parse(args); err != nil || fs.NArg() > 0 {
-			return fmt.Errorf("serve takes only --rules FILE: %w", errUsage)
-		}
-		return Serve(ctx, env, *rulesFile)
+		err = runServe(ctx, env, args)
 	case "replay":
-		return runReplay(ctx, env, args)
+		err = runReplay(ctx, env, args)
 	case "rules":
-		return runRules(ctx, env, args)
+		err = runRules(ctx, env, args)
+	case "dead-letters":
+		err = runDeadLetters(ctx, env, args)
 	case "version", "--version", "-version":
-		fmt.Fprintln(env.Stdout, "audit-log-analysis", env.Version)
-		return nil
+		err = runVersion(env, args)
 	case "help", "-h", "--help", "-help":
 		fmt.Fprint(env.Stdout, usage)
+	default:
+		fmt.Fprint(env.Stderr, usage)
+		err = fmt.Errorf("unknown command %q: %w", cmd, errUsage)
+	}
+	if errors.Is(err, errHelp) {
 		return nil
 	}
-	fmt.Fprint(env.Stderr, usage)
-	return fmt.Errorf("unknown command %q: %w", cmd, errUsage)
+	return err
 }
 
-// loadConfig reads the environment, with a .env file in the working
-// directory filling what the environment leaves unset.
-func loadConfig(getenv func(string) string) (config.Config, error) {
-	getenv, err := config.WithDotEnv(".env", getenv)
-	if err != nil {
-		return config.Config{}, err
+// modulePath is the service's Go module.
+const modulePath = "github.com/audit-platform/audit-log-analysis"
+
+func orDev(v string) string {
+	if v == "" {
+		return "dev"
 	}
-	cfg, err := config.Load(getenv)
-	if err != nil {
-		return config.Config{}, fmt.Errorf("invalid configuration:\n%w", err)
-	}
-	return cfg, nil
+	return v
 }
 
-// loadRules reads the rules file, or the built-in rules tuned by the Python
-// service's variables when there is none.
-func loadRules(cfg config.Config, file string, logger *slog.Logger) (*rules.Set, error) {
-	if file != "" {
-		set, err := rules.LoadFile(file)
-		if err != nil {
-			return nil, err
-		}
-		if cfg.Overrides.FailedLoginThreshold || cfg.Overrides.FailedLoginWindow || cfg.Overrides.SensitiveFiles {
-			logger.Warn("FAILED_LOGIN_THRESHOLD, FAILED_LOGIN_WINDOW_SECONDS and SENSITIVE_FILES tune the built-in rules only; the rules file is used as written", "rules_file", file)
-		}
-		return set, nil
-	}
-	set, err := rules.Parse(rulefiles.DefaultName, rulefiles.Default)
-	if err != nil {
-		return nil, fmt.Errorf("built-in rules: %w", err)
-	}
-	var o rules.Overrides
-	if cfg.Overrides.FailedLoginThreshold {
-		o.FailedLoginThreshold = cfg.FailedLoginThreshold
-	}
-	if cfg.Overrides.FailedLoginWindow {
-		o.FailedLoginWindow = cfg.FailedLoginWindow
-	}
-	if cfg.Overrides.SensitiveFiles {
-		o.SensitiveFiles = cfg.SensitiveFiles
-	}
-	set, applied := set.WithOverrides(o)
-	for _, a := range applied {
-		logger.Info("built-in rule tuned", "override", a)
-	}
-	return set, nil
-}
+func isFlag(arg string) bool { return len(arg) > 1 && arg[0] == '-' }
 
-func runReplay(ctx context.Context, env Env, args []string) error {
-	fs := flag.NewFlagSet("replay", flag.ContinueOnError)
-	fs.SetOutput(env.Stderr)
-	rulesFile := fs.String("rules", "", "rules file (default: RULES_FILE, else the built-in rules)")
-	quiet := fs.Bool("quiet", false, "do not list skipped lines")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("replay: %w", errUsage)
-	}
-	cfg, err := loadConfig(env.Getenv)
+func runServe(ctx context.Context, env Env, args []string) error {
+	c := newCommand("serve", "serve [--rules PATH]...",
+		"Run the service: consume events, run the rules, publish alerts. The\n"+
+			"configuration comes from the environment (and a .env file).")
+	var paths listFlag
+	c.fs.Var(&paths, "rules", "rules file or directory, added to the built-in rules (repeatable, comma-separated; default RULES_FILE)")
+	rest, err := c.parse(env, args)
 	if err != nil {
 		return err
 	}
-	logger := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	file := *rulesFile
-	if file == "" {
-		file = cfg.RulesFile
+	if len(rest) > 0 {
+		return c.usageError(env, "serve takes no arguments, got %q", rest[0])
 	}
-	set, err := loadRules(cfg, file, logger)
+	return Serve(ctx, env, paths)
+}
+
+func runVersion(env Env, args []string) error {
+	c := newCommand("version", "version", "Print the version: the module version and the VCS revision built.")
+	rest, err := c.parse(env, args)
 	if err != nil {
 		return err
 	}
-	var inputs []replay.Input
-	if fs.NArg() == 0 {
-		inputs = append(inputs, replay.Input{Name: "stdin", Reader: env.Stdin})
+	if len(rest) > 0 {
+		return c.usageError(env, "version takes no arguments")
 	}
-	for _, name := range fs.Args() {
-		f, err := os.Open(name)
-		if err != nil {
-			return fmt.Errorf("replay: %w", err)
-		}
-		defer f.Close()
-		inputs = append(inputs, replay.Input{Name: name, Reader: f})
+	b := env.Build
+	rev := b.Revision
+	switch {
+	case rev == "":
+		rev = "unknown (built without VCS information)"
+	case b.Modified:
+		rev += " (with uncommitted changes)"
 	}
-	opts := replay.Options{Rules: set, Environment: cfg.Environment, MaxClockSkew: cfg.MaxClockSkew, Report: env.Stderr}
-	if *quiet {
-		opts.Report = nil
+	fmt.Fprintf(env.Stdout, "audit-log-analysis %s\nmodule %s %s\nrevision %s\n", orDev(b.Version), modulePath, orDash(b.Module), rev)
+	if b.GoVersion != "" {
+		fmt.Fprintf(env.Stdout, "built with %s\n", b.GoVersion)
 	}
-	sum, err := replay.Run(ctx, inputs, env.Stdout, opts)
-	if err != nil {
-		return fmt.Errorf("replay: %w", err)
-	}
-	sum.WriteSummary(env.Stderr)
 	return nil
 }
 
-func runRules(ctx context.Context, env Env, args []string) error {
-	if len(args) != 2 {
-		fmt.Fprint(env.Stderr, usage)
-		return fmt.Errorf("rules: want check FILE or test DIR: %w", errUsage)
+// loadConfig reads the environment, with a .env file in the working
+// directory filling what the environment leaves unset. envFile names the
+// .env file when there was one.
+func loadConfig(getenv func(string) string) (cfg config.Config, envFile string, err error) {
+	getenv, envFile, err = withDotEnv(getenv)
+	if err != nil {
+		return config.Config{}, "", err
 	}
-	switch args[0] {
-	case "check":
-		set, err := rules.LoadFile(args[1])
-		if err != nil {
-			return fmt.Errorf("rules check:\n%w", err)
-		}
-		ids := make([]string, 0, len(set.Rules))
-		for _, r := range set.Rules {
-			ids = append(ids, r.ID())
-		}
-		fmt.Fprintf(env.Stdout, "%s: %d rules OK (%d enabled): %s\nsha256 %s\n",
-			args[1], len(set.Rules), set.Enabled(), strings.Join(ids, ", "), set.Hash)
-		return nil
-	case "test":
-		return replay.RunFixtures(ctx, args[1], env.Stdout)
+	cfg, err = config.Load(getenv)
+	if err != nil {
+		return config.Config{}, envFile, fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	return fmt.Errorf("rules: unknown subcommand %q: %w", args[0], errUsage)
+	return cfg, envFile, nil
+}
+
+// dotEnvFile is the .env file read from the working directory.
+const dotEnvFile = ".env"
+
+func withDotEnv(getenv func(string) string) (func(string) string, string, error) {
+	getenv, loaded, err := config.LoadDotEnv(dotEnvFile, getenv)
+	if err != nil || !loaded {
+		return getenv, "", err
+	}
+	return getenv, dotEnvFile, nil
+}
+
+// reportedError is an error the command has already logged, in the
+// configured format: main must not print it again.
+type reportedError struct{ err error }
+
+func (e reportedError) Error() string { return e.err.Error() }
+func (e reportedError) Unwrap() error { return e.err }
+
+// Reported reports whether err has already been written to the log.
+func Reported(err error) bool {
+	var r reportedError
+	return errors.As(err, &r)
 }

@@ -1,6 +1,9 @@
 package app
 
 import (
+	"regexp"
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promauto"
@@ -137,8 +140,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"source", "sha256"}),
 		buildInfo: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "audit_analysis_build_info",
-			Help: "The running version.",
-		}, []string{"version"}),
+			Help: "The running version and VCS revision.",
+		}, []string{"version", "revision"}),
 		lastAlertUnixSec: f.NewGauge(prometheus.GaugeOpts{
 			Name: "audit_analysis_last_alert_timestamp_seconds",
 			Help: "Unix time of the last alert published.",
@@ -186,4 +189,60 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.rulesReload.WithLabelValues(r)
 	}
 	return m
+}
+
+// ExportedMetrics returns every metric family the service exports, by
+// name, with its label names, from the same constructor Serve uses, so
+// that tooling can check dashboards and alert rules against what really
+// exists. Histograms are listed by their base name (without _bucket, _sum
+// and _count).
+func ExportedMetrics() map[string][]string {
+	rec := &describingRegisterer{Registerer: prometheus.NewRegistry()}
+	newMetrics(rec)
+	ch := make(chan *prometheus.Desc, 64)
+	go func() {
+		for _, c := range rec.collectors {
+			c.Describe(ch)
+		}
+		close(ch)
+	}()
+	out := map[string][]string{}
+	for d := range ch {
+		// Desc keeps its fields unexported; its String form has them.
+		s := d.String()
+		m := descName.FindStringSubmatch(s)
+		if m == nil {
+			continue
+		}
+		var labels []string
+		if l := descLabels.FindStringSubmatch(s); l != nil && l[1] != "" {
+			labels = strings.Split(l[1], ",")
+		}
+		out[m[1]] = labels
+	}
+	return out
+}
+
+var (
+	descName   = regexp.MustCompile(`^Desc\{fqName: "([^"]+)"`)
+	descLabels = regexp.MustCompile(`variableLabels: \{([^}]*)\}\}$`)
+)
+
+// describingRegisterer records what is registered through it.
+type describingRegisterer struct {
+	prometheus.Registerer
+	collectors []prometheus.Collector
+}
+
+func (r *describingRegisterer) Register(c prometheus.Collector) error {
+	r.collectors = append(r.collectors, c)
+	return r.Registerer.Register(c)
+}
+
+func (r *describingRegisterer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			panic(err)
+		}
+	}
 }

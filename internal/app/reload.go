@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -14,19 +15,23 @@ import (
 	"github.com/audit-platform/audit-log-analysis/internal/rules"
 )
 
-// reloadPoll is how often the rules file is checked for changes. Polling
-// the content hash, rather than watching inodes, also follows the symlink
+// reloadPoll is how often the rule files are checked for changes. Polling
+// their content, rather than watching inodes, also follows the symlink
 // swaps Kubernetes uses to update a mounted ConfigMap.
 const reloadPoll = 2 * time.Second
 
-// reloader reloads the rules file on SIGHUP or when its content changes. A
-// file that fails validation is logged and counted; the running rules stay.
+// reloader reloads the rules on SIGHUP or when the content of the rule
+// paths changes (a file edited, added to or removed from a directory). A
+// reload that fails validation, or would leave no rule enabled, is logged
+// and counted; the running rules stay.
 type reloader struct {
-	engine  *rules.Engine
-	cfg     config.Config
-	metrics *metrics
-	logger  *slog.Logger
-	hash    string
+	engine    *rules.Engine
+	detection config.Detection
+	paths     []string
+	metrics   *metrics
+	logger    *slog.Logger
+	// seen is the fingerprint of the rule paths last loaded or refused.
+	seen string
 }
 
 func (r *reloader) run(ctx context.Context) {
@@ -34,7 +39,7 @@ func (r *reloader) run(ctx context.Context) {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	var tick <-chan time.Time
-	if r.cfg.RulesFile != "" {
+	if len(r.paths) > 0 {
 		t := time.NewTicker(reloadPoll)
 		defer t.Stop()
 		tick = t.C
@@ -44,57 +49,75 @@ func (r *reloader) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-hup:
-			r.reload("SIGHUP", true)
+			r.reload("SIGHUP")
 		case <-tick:
-			data, err := os.ReadFile(r.cfg.RulesFile)
-			if err != nil {
-				continue // reported on the next real reload attempt
-			}
-			sum := sha256.Sum256(data)
-			if hex.EncodeToString(sum[:]) != r.hash {
-				r.reload("file changed", false)
+			if fingerprint(r.paths) != r.seen {
+				r.reload("files changed")
 			}
 		}
 	}
 }
 
-// reload loads the rules again. force reloads even an unchanged file.
-func (r *reloader) reload(trigger string, force bool) {
-	set, err := loadRules(r.cfg, r.cfg.RulesFile, r.logger)
+// reload loads the rules again and swaps them in when they are valid.
+func (r *reloader) reload(trigger string) {
+	r.seen = fingerprint(r.paths)
+	set, err := loadRules(r.detection, r.paths, r.logger)
 	if err != nil {
 		r.metrics.rulesReload.WithLabelValues("failure").Inc()
 		r.logger.Error("rules reload failed; the running rules stay", "trigger", trigger, "error", err)
-		if sum, ok := fileHash(r.cfg.RulesFile); ok {
-			// Do not retry the same broken content every poll.
-			r.hash = sum
-		}
 		return
 	}
-	if !force && set.Hash == r.hash {
-		return
-	}
+	change := rules.Diff(r.engine.Rules(), set)
 	r.metrics.rulesReload.WithLabelValues("success").Inc()
 	r.publish(set)
-	r.logger.Info("rules reloaded", "trigger", trigger, "source", set.Source, "sha256", set.Hash, "rules_enabled", set.Enabled())
+	r.logger.Info("rules reloaded", "trigger", trigger, "sha256", set.Hash, "rules_enabled", set.Enabled(),
+		"added", change.Added, "removed", change.Removed, "changed", change.Changed)
+	for _, w := range set.Warnings {
+		r.logger.Warn("rules warning", "warning", w)
+	}
 }
 
 // publish makes set the running rules and exposes it.
 func (r *reloader) publish(set *rules.Set) {
 	r.engine.SetRules(set)
-	r.hash = set.Hash
+	if r.seen == "" {
+		r.seen = fingerprint(r.paths)
+	}
 	r.metrics.rulesLoaded.Set(float64(set.Enabled()))
 	r.metrics.rulesInfo.Reset()
 	r.metrics.rulesInfo.WithLabelValues(set.Source, set.Hash).Set(1)
 }
 
-func fileHash(name string) (string, bool) {
-	if name == "" {
-		return "", false
+// logRules logs a rule set: where it comes from, what runs, and the
+// warnings about its files.
+func logRules(logger *slog.Logger, msg string, set *rules.Set) {
+	logger.Info(msg, "sources", set.Source, "sha256", set.Hash, "rules_enabled", set.Enabled(), "rules", enabledIDs(set))
+	for _, w := range set.Warnings {
+		logger.Warn("rules warning", "warning", w)
 	}
-	data, err := os.ReadFile(name)
+}
+
+// fingerprint hashes the rule files the paths stand for, names and
+// contents, so that an edit, a new file in a directory and a removed one
+// all change it. An unreadable path is part of the fingerprint too: its
+// error is reported by the reload it triggers.
+func fingerprint(paths []string) string {
+	if len(paths) == 0 {
+		return "none"
+	}
+	h := sha256.New()
+	files, err := rules.ExpandPaths(paths)
 	if err != nil {
-		return "", false
+		fmt.Fprintf(h, "error:%v\n", err)
 	}
-	sum := sha256.Sum256(data)
-	return hex.EncodeToString(sum[:]), true
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			fmt.Fprintf(h, "%s: error:%v\n", f, err)
+			continue
+		}
+		sum := sha256.Sum256(data)
+		fmt.Fprintf(h, "%s: %x\n", f, sum)
+	}
+	return hex.EncodeToString(h.Sum(nil))
 }

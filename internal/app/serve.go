@@ -15,7 +15,6 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/redis/go-redis/v9"
 
 	"github.com/audit-platform/audit-log-analysis/internal/broker"
 	"github.com/audit-platform/audit-log-analysis/internal/config"
@@ -27,26 +26,54 @@ import (
 
 // Serve runs the service until ctx is cancelled, then stops it in order:
 // consuming first (the batch in flight is finished and acknowledged), then
-// publishing, the HTTP servers and Redis.
-func Serve(ctx context.Context, env Env, rulesFile string) error {
-	cfg, err := loadConfig(env.Getenv)
+// publishing, the HTTP servers and Redis. rulePaths, when given, replace
+// RULES_FILE. An error that stops the service, at start-up or later, is
+// logged in the configured format before it is returned.
+func Serve(ctx context.Context, env Env, rulePaths []string) (err error) {
+	getenv, envFile, dotErr := withDotEnv(env.Getenv)
+	if dotErr != nil {
+		getenv = env.Getenv
+	}
+	level, format := config.LoadLogging(getenv)
+	logger := newLogger(level, format, env.Stdout)
+	started := false
+	defer func() {
+		if err == nil {
+			return
+		}
+		msg := "start-up failed"
+		if started {
+			msg = "stopped with an error"
+		}
+		logger.Error(msg, "error", err)
+		err = reportedError{err}
+	}()
+	if dotErr != nil {
+		return dotErr
+	}
+	cfg, err := config.Load(getenv)
 	if err != nil {
-		return err
+		return fmt.Errorf("invalid configuration:\n%w", err)
 	}
-	if rulesFile != "" {
-		cfg.RulesFile = rulesFile
+	if len(rulePaths) > 0 {
+		cfg.RulesFiles = rulePaths
 	}
-	logger := newLogger(cfg, env.Stdout)
-	logger.Info("starting", "version", env.Version, "config", cfg)
+	startAttrs := []any{"version", env.Build.String()}
+	if envFile != "" {
+		startAttrs = append(startAttrs, "env_file", envFile)
+	}
+	logger.Info("starting", append(startAttrs, "config", cfg)...)
 
-	set, err := loadRules(cfg, cfg.RulesFile, logger)
+	rulesLogger := logger.With("component", "rules")
+	set, err := loadRules(cfg.Detection, cfg.RulesFiles, rulesLogger)
 	if err != nil {
 		return fmt.Errorf("load rules: %w", err)
 	}
+	logRules(rulesLogger, "rules loaded", set)
 
 	reg := prometheus.NewRegistry()
 	m := newMetrics(reg)
-	m.buildInfo.WithLabelValues(env.Version).Set(1)
+	m.buildInfo.WithLabelValues(orDev(env.Build.Version), env.Build.shortRevision()).Set(1)
 
 	// Listen before anything else, so a port in use fails the start at
 	// once instead of after the broker connections are up.
@@ -60,11 +87,12 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 		return fmt.Errorf("listen on PROMETHEUS_PORT %d: %w", cfg.PrometheusPort, err)
 	}
 
-	// go-redis logs dial failures on its own, to stderr; route them to
-	// the service's log at Debug: health and the redis watcher already
-	// report the state change once.
-	redis.SetLogger(redisLogger{logger.With("component", "redis")})
-	rdb := redis.NewClient(redisOptions(cfg.Redis))
+	rdb, err := newRedisClient(cfg.Redis)
+	if err != nil {
+		appLn.Close()
+		promLn.Close()
+		return err
+	}
 	defer rdb.Close()
 
 	h := &health{}
@@ -73,7 +101,7 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 		Environment: cfg.Environment,
 		Clock:       rules.ArrivalClock{MaxSkew: cfg.MaxClockSkew},
 	})
-	reloader := &reloader{engine: engine, cfg: cfg, metrics: m, logger: logger.With("component", "rules")}
+	reloader := &reloader{engine: engine, detection: cfg.Detection, paths: cfg.RulesFiles, metrics: m, logger: rulesLogger}
 	reloader.publish(set)
 
 	queues := []string{cfg.RabbitMQAlertQueue}
@@ -105,7 +133,7 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 		return fmt.Errorf("consumer: %w", err)
 	}
 	h.consumer, h.publisher = consumer, publisher
-	redisWatch := &redisWatch{client: rdb, health: h, metrics: m, logger: logger.With("component", "redis")}
+	redisWatch := newRedisWatch(rdb, state.NewMarker(rdb, cfg.RedisKeyPrefix), cfg.Redis, h, m, logger.With("component", "redis"))
 
 	handler := &pipeline{
 		engine:          engine,
@@ -122,7 +150,7 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 	handler.shadowQueue = cfg.RabbitMQShadowQueue
 
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
-	appSrv := httpapi.NewServer(appLn.Addr().String(), httpapi.NewAppHandler(h, metricsHandler))
+	appSrv := httpapi.NewServer(appLn.Addr().String(), httpapi.NewAppHandler(h, ruleLister{engine}, metricsHandler))
 	promSrv := httpapi.NewServer(promLn.Addr().String(), httpapi.NewMetricsHandler(metricsHandler))
 
 	// Background parts stop when their context ends; the publisher gets
@@ -154,6 +182,7 @@ func Serve(ctx context.Context, env Env, rulesFile string) error {
 		"queue", cfg.RabbitMQQueue, "alert_queue", cfg.RabbitMQAlertQueue, "dead_letter_queue", cfg.RabbitMQDeadLetterQueue,
 		"rules", set.Source, "rules_enabled", set.Enabled())
 
+	started = true
 	consumeCtx, stopConsuming := context.WithCancel(ctx)
 	defer stopConsuming()
 	consumerDone := make(chan error, 1)
@@ -199,12 +228,21 @@ func waitTimeout(wg *sync.WaitGroup, d time.Duration) {
 	}
 }
 
-func newLogger(cfg config.Config, w io.Writer) *slog.Logger {
-	opts := &slog.HandlerOptions{Level: cfg.LogLevel}
-	if cfg.LogFormat == "text" {
+func newLogger(level slog.Level, format string, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: level, ReplaceAttr: durationsAsText}
+	if format == "text" {
 		return slog.New(slog.NewTextHandler(w, opts))
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
+}
+
+// durationsAsText writes every duration as Go writes it ("1.5s"): the JSON
+// handler would write nanoseconds, a number without a unit.
+func durationsAsText(_ []string, a slog.Attr) slog.Attr {
+	if a.Value.Kind() == slog.KindDuration {
+		return slog.String(a.Key, a.Value.Duration().String())
+	}
+	return a
 }
 
 func b2f(b bool) float64 {

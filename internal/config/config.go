@@ -57,19 +57,10 @@ type Config struct {
 
 	AppPort        int
 	PrometheusPort int
-	Environment    string
 
-	FailedLoginWindow    time.Duration
-	FailedLoginThreshold int
-	SensitiveFiles       []string
-	// Overrides says which of the three settings above came from the
-	// environment rather than from defaults, so that a rules file can be
-	// told apart from an operator's explicit choice.
-	Overrides Overrides
+	// Detection holds the settings replay reads too.
+	Detection
 
-	// RulesFile is the rules file to load; empty means the built-in rules.
-	RulesFile       string
-	MaxClockSkew    time.Duration
 	ShutdownTimeout time.Duration
 	LogLevel        slog.Level
 	LogFormat       string // "json" or "text"
@@ -119,13 +110,6 @@ type TLSFiles struct {
 // IsZero reports whether no file is set.
 func (f TLSFiles) IsZero() bool { return f == TLSFiles{} }
 
-// Overrides records which detection settings were set explicitly.
-type Overrides struct {
-	FailedLoginWindow    bool
-	FailedLoginThreshold bool
-	SensitiveFiles       bool
-}
-
 // Defaults, as the service has always had them.
 const (
 	defaultRabbitMQHost    = "rabbitmq-service"
@@ -154,14 +138,6 @@ const (
 	defaultLogFormat       = "json"
 )
 
-// defaultSensitiveFiles are watched when SENSITIVE_FILES is unset.
-var defaultSensitiveFiles = []string{
-	"/etc/sudoers",
-	"/root/.ssh/authorized_keys",
-	"/etc/shadow",
-	"/etc/passwd",
-}
-
 // Load reads the configuration through getenv (os.Getenv, or the result of
 // WithDotEnv, or a map in tests). An empty value counts as unset. It reports
 // every invalid variable at once, one error per variable joined with
@@ -175,28 +151,17 @@ func Load(getenv func(string) string) (Config, error) {
 		RabbitMQQueueType:  l.oneOf("RABBITMQ_QUEUE_TYPE", defaultQueueType, "classic", "quorum"),
 		RabbitMQMaxDeliveries: l.integer("RABBITMQ_MAX_DELIVERIES", defaultMaxDeliveries, 1, math.MaxInt32,
 			"a number of deliveries (an integer >= 1)"),
-		RabbitMQTLS:       l.tlsFiles("RABBITMQ_TLS_"),
-		RabbitMQPrefetch:  l.integer("RABBITMQ_PREFETCH", defaultPrefetch, 1, math.MaxUint16, "a prefetch count (1-65535)"),
-		MaxInflightBytes:  l.bytes("MAX_INFLIGHT_BYTES", defaultInflightBytes, minInflightBytes),
-		Redis:             l.redis(),
-		RedisKeyPrefix:    l.keyPrefix(),
-		AppPort:           l.port("APP_PORT", defaultAppPort),
-		PrometheusPort:    l.port("PROMETHEUS_PORT", defaultPrometheusPort),
-		Environment:       l.str("ENVIRONMENT", defaultEnvironment),
-		FailedLoginWindow: l.seconds("FAILED_LOGIN_WINDOW_SECONDS", defaultWindow),
-		FailedLoginThreshold: l.integer("FAILED_LOGIN_THRESHOLD", defaultThreshold, 1, math.MaxInt,
-			"a threshold (an integer >= 1)"),
-		SensitiveFiles: l.paths("SENSITIVE_FILES", defaultSensitiveFiles),
-		Overrides: Overrides{
-			FailedLoginWindow:    l.isSet("FAILED_LOGIN_WINDOW_SECONDS"),
-			FailedLoginThreshold: l.isSet("FAILED_LOGIN_THRESHOLD"),
-			SensitiveFiles:       l.isSet("SENSITIVE_FILES"),
-		},
-		RulesFile:       l.str("RULES_FILE", ""),
-		MaxClockSkew:    l.duration("MAX_CLOCK_SKEW", defaultMaxClockSkew, false),
-		ShutdownTimeout: l.duration("SHUTDOWN_TIMEOUT", defaultShutdownTimeout, true),
-		LogLevel:        l.logLevel(),
-		LogFormat:       l.oneOf("LOG_FORMAT", defaultLogFormat, "json", "text"),
+		RabbitMQTLS:      l.tlsFiles("RABBITMQ_TLS_"),
+		RabbitMQPrefetch: l.integer("RABBITMQ_PREFETCH", defaultPrefetch, 1, math.MaxUint16, "a prefetch count (1-65535)"),
+		MaxInflightBytes: l.bytes("MAX_INFLIGHT_BYTES", defaultInflightBytes, minInflightBytes),
+		Redis:            l.redis(),
+		RedisKeyPrefix:   l.keyPrefix(),
+		AppPort:          l.port("APP_PORT", defaultAppPort),
+		PrometheusPort:   l.port("PROMETHEUS_PORT", defaultPrometheusPort),
+		Detection:        l.detection(),
+		ShutdownTimeout:  l.duration("SHUTDOWN_TIMEOUT", defaultShutdownTimeout, true),
+		LogLevel:         l.logLevel(),
+		LogFormat:        l.oneOf("LOG_FORMAT", defaultLogFormat, "json", "text"),
 	}
 	c.RabbitMQDeadLetterQueue = l.deadLetterQueue(c.RabbitMQQueue)
 	c.RabbitMQShadowQueue = l.shadowQueue()
@@ -272,7 +237,8 @@ func (c Config) LogValue() slog.Value {
 		slog.String("failed_login_window", c.FailedLoginWindow.String()),
 		slog.Int("failed_login_threshold", c.FailedLoginThreshold),
 		slog.Any("sensitive_files", c.SensitiveFiles),
-		slog.String("rules_file", c.RulesFile),
+		slog.Any("rules_files", c.RulesFiles),
+		slog.Bool("rules_builtin", c.RulesBuiltin),
 		slog.String("max_clock_skew", c.MaxClockSkew.String()),
 		slog.String("shutdown_timeout", c.ShutdownTimeout.String()),
 		slog.String("log_level", c.LogLevel.String()),

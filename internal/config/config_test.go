@@ -32,14 +32,21 @@ func defaults() Config {
 		RedisKeyPrefix:          "audit-log-analysis:",
 		AppPort:                 5001,
 		PrometheusPort:          8001,
-		Environment:             "DEVELOPMENT",
-		FailedLoginWindow:       60 * time.Second,
-		FailedLoginThreshold:    3,
-		SensitiveFiles:          []string{"/etc/sudoers", "/root/.ssh/authorized_keys", "/etc/shadow", "/etc/passwd"},
-		MaxClockSkew:            5 * time.Minute,
+		Detection:               defaultDetection(),
 		ShutdownTimeout:         8 * time.Second,
 		LogLevel:                slog.LevelInfo,
 		LogFormat:               "json",
+	}
+}
+
+func defaultDetection() Detection {
+	return Detection{
+		RulesBuiltin:         true,
+		Environment:          "DEVELOPMENT",
+		FailedLoginWindow:    60 * time.Second,
+		FailedLoginThreshold: 3,
+		SensitiveFiles:       []string{"/etc/sudoers", "/root/.ssh/authorized_keys", "/etc/shadow", "/etc/passwd"},
+		MaxClockSkew:         5 * time.Minute,
 	}
 }
 
@@ -124,7 +131,11 @@ func TestLoadReadsEveryVariable(t *testing.T) {
 			}},
 		{"a detection setting equal to its default is still an override", map[string]string{"FAILED_LOGIN_THRESHOLD": "3"},
 			func(c *Config) { c.Overrides.FailedLoginThreshold = true }},
-		{"the rules file is set", map[string]string{"RULES_FILE": "/etc/rules.yaml"}, func(c *Config) { c.RulesFile = "/etc/rules.yaml" }},
+		{"the rules file is set", map[string]string{"RULES_FILE": "/etc/rules.yaml"}, func(c *Config) { c.RulesFiles = []string{"/etc/rules.yaml"} }},
+		{"RULES_FILE is a comma-separated list", map[string]string{"RULES_FILE": " a.yaml, ,rules.d/ "},
+			func(c *Config) { c.RulesFiles = []string{"a.yaml", "rules.d/"} }},
+		{"RULES_BUILTIN=false leaves the built-in rules out", map[string]string{"RULES_BUILTIN": "false"},
+			func(c *Config) { c.RulesBuiltin = false }},
 		{"the clock skew may be zero", map[string]string{"MAX_CLOCK_SKEW": "0"}, func(c *Config) { c.MaxClockSkew = 0 }},
 		{"durations are Go durations", map[string]string{"MAX_CLOCK_SKEW": "90s", "SHUTDOWN_TIMEOUT": "1m30s"},
 			func(c *Config) { c.MaxClockSkew, c.ShutdownTimeout = 90*time.Second, 90*time.Second }},
@@ -414,6 +425,55 @@ func TestWithDotEnvRejectsBadFiles(t *testing.T) {
 			t.Error("WithDotEnv succeeded, want an error")
 		}
 	})
+}
+
+func TestLoadDetectionReadsOnlyTheDetectionSettings(t *testing.T) {
+	t.Parallel()
+	got, err := LoadDetection(env(map[string]string{
+		"RABBITMQ_PORT": "abc", "REDIS_URL": "nonsense://", "APP_PORT": "0",
+		"RULES_FILE": "a.yaml,b", "RULES_BUILTIN": "no", "FAILED_LOGIN_THRESHOLD": "5", "ENVIRONMENT": "REPLAY",
+	}))
+	if err != nil {
+		t.Fatalf("LoadDetection: %v", err)
+	}
+	want := defaultDetection()
+	want.RulesFiles, want.RulesBuiltin, want.FailedLoginThreshold, want.Environment = []string{"a.yaml", "b"}, false, 5, "REPLAY"
+	want.Overrides.FailedLoginThreshold = true
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("LoadDetection =\n%+v\nwant\n%+v", got, want)
+	}
+	_, err = LoadDetection(env(map[string]string{"RULES_BUILTIN": "maybe", "MAX_CLOCK_SKEW": "soon"}))
+	for _, want := range []string{`RULES_BUILTIN: "maybe" is not true or false`, "MAX_CLOCK_SKEW"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("LoadDetection error = %v, want it to contain %q", err, want)
+		}
+	}
+}
+
+func TestLoadLoggingFallsBackToTheDefaults(t *testing.T) {
+	t.Parallel()
+	if lvl, f := LoadLogging(env(map[string]string{"LOG_LEVEL": "debug", "LOG_FORMAT": "TEXT", "APP_PORT": "x"})); lvl != slog.LevelDebug || f != "text" {
+		t.Errorf("LoadLogging = %v, %q; want DEBUG, text", lvl, f)
+	}
+	if lvl, f := LoadLogging(env(map[string]string{"LOG_LEVEL": "loud", "LOG_FORMAT": "xml"})); lvl != slog.LevelInfo || f != "json" {
+		t.Errorf("LoadLogging of bad values = %v, %q; want INFO, json", lvl, f)
+	}
+}
+
+func TestLoadDotEnvSaysWhetherTheFileWasThere(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	file := filepath.Join(dir, ".env")
+	if err := os.WriteFile(file, []byte("APP_PORT=7000\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	getenv, loaded, err := LoadDotEnv(file, env(nil))
+	if err != nil || !loaded || getenv("APP_PORT") != "7000" {
+		t.Errorf("LoadDotEnv of a file = loaded %v, APP_PORT %q, %v", loaded, getenv("APP_PORT"), err)
+	}
+	if _, loaded, err := LoadDotEnv(filepath.Join(dir, "absent"), env(nil)); err != nil || loaded {
+		t.Errorf("LoadDotEnv of a missing file = loaded %v, %v", loaded, err)
+	}
 }
 
 func TestTLSFilesLoadIntoAVerifyingClientConfig(t *testing.T) {

@@ -21,23 +21,30 @@ import (
 // $VAR expansion in unquoted and double-quoted values, so a value that
 // contains '$' belongs in single quotes.
 func WithDotEnv(path string, getenv func(string) string) (func(string) string, error) {
+	getenv, _, err := LoadDotEnv(path, getenv)
+	return getenv, err
+}
+
+// LoadDotEnv is WithDotEnv that also says whether the file was there, so
+// that the start-up log can name it.
+func LoadDotEnv(path string, getenv func(string) string) (_ func(string) string, loaded bool, _ error) {
 	src, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		return getenv, nil
+		return getenv, false, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
+		return nil, false, fmt.Errorf("read %s: %w", path, err)
 	}
 	vars, err := godotenv.UnmarshalBytes(src)
 	if err != nil {
-		return nil, fmt.Errorf("parse %s: %s", path, describeParseError(src, err))
+		return nil, false, fmt.Errorf("parse %s: %s", path, describeParseError(src, err))
 	}
 	return func(key string) string {
 		if v := getenv(key); v != "" {
 			return v
 		}
 		return vars[key]
-	}, nil
+	}, true, nil
 }
 
 // describeParseError turns a godotenv error into a message without the

@@ -22,16 +22,48 @@ type Checker interface {
 	Status() Status
 }
 
+// RuleSet is what GET /rules shows: the running rules and where each one
+// comes from.
+type RuleSet struct {
+	// SHA256 identifies the set: the hash audit_analysis_rules_info shows.
+	SHA256 string `json:"sha256"`
+	// Sources are the rule files in the order they were composed, the
+	// built-in rules first.
+	Sources []string   `json:"sources"`
+	Enabled int        `json:"enabled"`
+	Rules   []RuleInfo `json:"rules"`
+}
+
+// RuleInfo describes one loaded rule.
+type RuleInfo struct {
+	ID      string `json:"id"`
+	Name    string `json:"name"`
+	Kind    string `json:"kind"`
+	Enabled bool   `json:"enabled"`
+	File    string `json:"file"`
+	Line    int    `json:"line"`
+}
+
+// RuleLister reports the running rules; like Checker, it must be cheap.
+type RuleLister interface {
+	Rules() RuleSet
+}
+
 // NewAppHandler serves the application port: /healthz and /readyz (healthy
 // only when RabbitMQ, Redis and the consumer are all up), /livez (alive while
-// the consumer runs) and, when metrics is not nil, /metrics. Each path
-// answers GET and HEAD; other methods get 405 and unknown paths 404.
-func NewAppHandler(c Checker, metrics http.Handler) http.Handler {
+// the consumer runs), and, when they are not nil, /rules and /metrics. Each
+// path answers GET and HEAD; other methods get 405 and unknown paths 404.
+func NewAppHandler(c Checker, rules RuleLister, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	health := healthHandler(c)
 	mux.Handle("GET /healthz", health)
 	mux.Handle("GET /readyz", health)
 	mux.Handle("GET /livez", livenessHandler(c))
+	if rules != nil {
+		mux.Handle("GET /rules", http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+			writeJSON(w, http.StatusOK, rules.Rules())
+		}))
+	}
 	if metrics != nil {
 		mux.Handle("GET /metrics", metrics)
 	}

@@ -58,7 +58,7 @@ func TestAppHandler(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			h := NewAppHandler(fakeChecker(tt.status), fakeMetrics)
+			h := NewAppHandler(fakeChecker(tt.status), nil, fakeMetrics)
 			rec := httptest.NewRecorder()
 			h.ServeHTTP(rec, httptest.NewRequest(tt.method, tt.path, nil))
 			if rec.Code != tt.wantCode {
@@ -83,7 +83,7 @@ func TestAppHandler(t *testing.T) {
 func TestWrongMethodsAndPaths(t *testing.T) {
 	t.Parallel()
 	handlers := map[string]http.Handler{
-		"app":     NewAppHandler(fakeChecker(allUp), fakeMetrics),
+		"app":     NewAppHandler(fakeChecker(allUp), nil, fakeMetrics),
 		"metrics": NewMetricsHandler(fakeMetrics),
 	}
 	tests := []struct {
@@ -132,7 +132,7 @@ func TestMetricsHandlerServesMetrics(t *testing.T) {
 func TestAppHandlerWithoutMetrics(t *testing.T) {
 	t.Parallel()
 	rec := httptest.NewRecorder()
-	NewAppHandler(fakeChecker(allUp), nil).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	NewAppHandler(fakeChecker(allUp), nil, nil).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	if rec.Code != 404 {
 		t.Errorf("GET /metrics without a metrics handler = %d, want 404", rec.Code)
 	}
@@ -142,7 +142,7 @@ func TestAppHandlerWithoutMetrics(t *testing.T) {
 // of a HEAD response.
 func TestHeadOverHTTP(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewServer(NewAppHandler(fakeChecker(redisDown), fakeMetrics))
+	srv := httptest.NewServer(NewAppHandler(fakeChecker(redisDown), nil, fakeMetrics))
 	t.Cleanup(srv.Close)
 	tests := []struct {
 		path     string
@@ -189,5 +189,25 @@ func TestNewServer(t *testing.T) {
 	}
 	if s.MaxHeaderBytes <= 0 || s.MaxHeaderBytes > 64<<10 {
 		t.Errorf("MaxHeaderBytes = %d, want a small positive limit", s.MaxHeaderBytes)
+	}
+}
+
+type fakeRules struct{ set RuleSet }
+
+func (f fakeRules) Rules() RuleSet { return f.set }
+
+func TestRulesListsTheRunningRules(t *testing.T) {
+	t.Parallel()
+	set := fakeRules{RuleSet{SHA256: "abc", Sources: []string{"built-in", "/etc/rules/a.yaml"}, Enabled: 1, Rules: []RuleInfo{
+		{ID: "ANLY-SEC-001", Name: "Failed Login Burst Detection", Kind: "threshold", Enabled: true, File: "built-in", Line: 6},
+		{ID: "USER-1", Name: "USER-1", Kind: "match", Enabled: false, File: "/etc/rules/a.yaml", Line: 2},
+	}}}
+	rec := httptest.NewRecorder()
+	NewAppHandler(fakeChecker(allUp), set, nil).ServeHTTP(rec, httptest.NewRequest("GET", "/rules", nil))
+	want := `{"sha256":"abc","sources":["built-in","/etc/rules/a.yaml"],"enabled":1,"rules":[` +
+		`{"id":"ANLY-SEC-001","name":"Failed Login Burst Detection","kind":"threshold","enabled":true,"file":"built-in","line":6},` +
+		`{"id":"USER-1","name":"USER-1","kind":"match","enabled":false,"file":"/etc/rules/a.yaml","line":2}]}` + "\n"
+	if rec.Code != 200 || rec.Body.String() != want || rec.Header().Get("Content-Type") != "application/json" {
+		t.Errorf("GET /rules = %d %s\nwant 200 %s", rec.Code, rec.Body.String(), want)
 	}
 }

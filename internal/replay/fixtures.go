@@ -48,6 +48,9 @@ type Fixture struct {
 	Events     []map[string]any `yaml:"events"`
 	EventsFile string           `yaml:"events_file"`
 	Expect     []Expectation    `yaml:"expect"`
+	// ids maps the idempotency key of each event replayed to the event_id
+	// it was written with (see eventIDs).
+	ids map[string]string
 }
 
 // Expectation describes one expected alert; fields left out are not checked.
@@ -107,49 +110,12 @@ func RunFixtures(ctx context.Context, dir string, w io.Writer) error {
 
 // runFixture returns the case's name and what went wrong, if anything.
 func runFixture(ctx context.Context, file string) (string, []string) {
-	data, err := os.ReadFile(file)
+	fx, out, err := replayFixture(ctx, file)
 	if err != nil {
-		return file, []string{err.Error()}
-	}
-	var fx Fixture
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&fx); err != nil {
-		return file, []string{"bad fixture: " + err.Error()}
-	}
-	if fx.Name == "" {
-		fx.Name = filepath.Base(file)
-	}
-	set, err := fixtureRules(file, fx.Rules)
-	if err != nil {
-		return fx.Name, []string{err.Error()}
-	}
-	var input bytes.Buffer
-	for i, ev := range fx.Events {
-		b, err := json.Marshal(ev)
-		if err != nil {
-			return fx.Name, []string{fmt.Sprintf("event %d: %v", i+1, err)}
-		}
-		input.Write(b)
-		input.WriteByte('\n')
-	}
-	if fx.EventsFile != "" {
-		b, err := os.ReadFile(filepath.Join(filepath.Dir(file), fx.EventsFile))
-		if err != nil {
-			return fx.Name, []string{err.Error()}
-		}
-		input.Write(b)
-		input.WriteByte('\n')
-	}
-	ids := eventIDs(input.Bytes())
-	var out bytes.Buffer
-	// The service's default clock skew, so fixtures see what it sees.
-	opts := Options{Rules: set, Environment: "TEST", MaxClockSkew: 5 * time.Minute}
-	if _, err := Run(ctx, []Input{{Name: file, Reader: &input}}, &out, opts); err != nil {
 		return fx.Name, []string{err.Error()}
 	}
 	var got []alert.Alert
-	for _, line := range bytes.Split(bytes.TrimSpace(out.Bytes()), []byte("\n")) {
+	for _, line := range bytes.Split(bytes.TrimSpace(out), []byte("\n")) {
 		if len(line) == 0 {
 			continue
 		}
@@ -159,7 +125,11 @@ func runFixture(ctx context.Context, file string) (string, []string) {
 		}
 		got = append(got, a)
 	}
-	return fx.Name, compare(fx.Expect, got, ids)
+	problems := compare(fx.Expect, got, fx.ids)
+	if len(problems) > 0 {
+		problems = append(problems, sideBySide(fx.Expect, got, fx.ids)...)
+	}
+	return fx.Name, problems
 }
 
 // eventIDs maps the idempotency key of every event in input to the
@@ -182,6 +152,61 @@ func eventIDs(input []byte) map[string]string {
 	return ids
 }
 
+// eventName is the name eventIDs gives the event with key k.
+func eventName(ids map[string]string, k string) string {
+	if id, ok := ids[k]; ok {
+		return id
+	}
+	return k
+}
+
+// replayFixture reads a fixture and replays its events; out holds the
+// alerts, one JSON line each, as the service would publish them.
+func replayFixture(ctx context.Context, file string) (fx Fixture, out []byte, err error) {
+	fx.Name = file
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return fx, nil, err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&fx); err != nil {
+		return fx, nil, fmt.Errorf("bad fixture: %w", err)
+	}
+	if fx.Name == "" {
+		fx.Name = filepath.Base(file)
+	}
+	set, err := fixtureRules(file, fx.Rules)
+	if err != nil {
+		return fx, nil, err
+	}
+	var input bytes.Buffer
+	for i, ev := range fx.Events {
+		b, err := json.Marshal(ev)
+		if err != nil {
+			return fx, nil, fmt.Errorf("event %d: %w", i+1, err)
+		}
+		input.Write(b)
+		input.WriteByte('\n')
+	}
+	if fx.EventsFile != "" {
+		b, err := os.ReadFile(filepath.Join(filepath.Dir(file), fx.EventsFile))
+		if err != nil {
+			return fx, nil, err
+		}
+		input.Write(b)
+		input.WriteByte('\n')
+	}
+	fx.ids = eventIDs(input.Bytes())
+	var buf bytes.Buffer
+	// The service's default clock skew, so fixtures see what it sees.
+	opts := Options{Rules: set, Environment: "TEST", MaxClockSkew: 5 * time.Minute}
+	if _, err := Run(ctx, []Input{{Name: file, Reader: &input}}, &buf, opts); err != nil {
+		return fx, nil, err
+	}
+	return fx, buf.Bytes(), nil
+}
+
 func fixtureRules(file, rel string) (*rules.Set, error) {
 	if rel == "" {
 		return rules.Parse(rulefiles.DefaultName, rulefiles.Default)
@@ -190,12 +215,6 @@ func fixtureRules(file, rel string) (*rules.Set, error) {
 }
 
 func compare(want []Expectation, got []alert.Alert, ids map[string]string) []string {
-	name := func(key string) string {
-		if id, ok := ids[key]; ok {
-			return id
-		}
-		return key
-	}
 	var problems []string
 	for i := 0; i < max(len(want), len(got)); i++ {
 		switch {
@@ -203,7 +222,7 @@ func compare(want []Expectation, got []alert.Alert, ids map[string]string) []str
 			problems = append(problems, fmt.Sprintf("alert %d: want %s, got no alert", i+1, describe(want[i])))
 			continue
 		case i >= len(want):
-			problems = append(problems, fmt.Sprintf("alert %d: unexpected %s %v (count %s)", i+1, got[i].AnalysisRule.RuleID, got[i].Group, windowCount(got[i])))
+			problems = append(problems, fmt.Sprintf("alert %d: unexpected %s alert", i+1, got[i].AnalysisRule.RuleID))
 			continue
 		}
 		w, g := want[i], got[i]
@@ -212,7 +231,7 @@ func compare(want []Expectation, got []alert.Alert, ids map[string]string) []str
 			diffs = append(diffs, fmt.Sprintf("rule %s, want %s", g.AnalysisRule.RuleID, w.Rule))
 		}
 		if w.Group != nil && !maps.Equal(w.Group, g.Group) {
-			diffs = append(diffs, fmt.Sprintf("group %v, want %v", g.Group, w.Group))
+			diffs = append(diffs, fmt.Sprintf("group %s, want %s", formatGroup(g.Group), formatGroup(w.Group)))
 		}
 		if w.Count != nil && (g.Window == nil || g.Window.Count != *w.Count) {
 			diffs = append(diffs, fmt.Sprintf("count %s, want %d", windowCount(g), *w.Count))
@@ -230,29 +249,21 @@ func compare(want []Expectation, got []alert.Alert, ids map[string]string) []str
 		if w.CorrelationID != nil && g.CorrelationID != *w.CorrelationID {
 			diffs = append(diffs, fmt.Sprintf("correlation_id %s, want %s", g.CorrelationID, *w.CorrelationID))
 		}
-		if w.Trigger != nil && name(g.CorrelationID) != *w.Trigger {
-			diffs = append(diffs, fmt.Sprintf("trigger %s, want %s", name(g.CorrelationID), *w.Trigger))
+		if trigger := eventName(ids, g.CorrelationID); w.Trigger != nil && trigger != *w.Trigger {
+			diffs = append(diffs, fmt.Sprintf("trigger %s, want %s", trigger, *w.Trigger))
 		}
-		if w.EventIDs != nil {
-			var gotIDs []string
-			for _, k := range g.EventIDs {
-				gotIDs = append(gotIDs, name(k))
-			}
-			if !slices.Equal(gotIDs, w.EventIDs) {
-				diffs = append(diffs, fmt.Sprintf("event_ids %v, want %v", gotIDs, w.EventIDs))
-			}
+		if gotIDs := eventNames(ids, g.EventIDs); w.EventIDs != nil && !slices.Equal(gotIDs, w.EventIDs) {
+			diffs = append(diffs, fmt.Sprintf("event_ids %v, want %v", gotIDs, w.EventIDs))
 		}
-		if w.Steps != nil {
-			var counts []int
-			for _, st := range g.Steps {
-				counts = append(counts, st.Count)
-			}
-			if !slices.Equal(counts, w.Steps) {
-				diffs = append(diffs, fmt.Sprintf("steps %v, want %v", counts, w.Steps))
-			}
+		if counts := stepCounts(g); w.Steps != nil && !slices.Equal(counts, w.Steps) {
+			diffs = append(diffs, fmt.Sprintf("steps %v, want %v", counts, w.Steps))
 		}
 		if w.NewValue != nil && (g.NewValue == nil || !maps.Equal(g.NewValue.Values, w.NewValue)) {
-			diffs = append(diffs, fmt.Sprintf("new_value %v, want %v", newValues(g), w.NewValue))
+			got := "none"
+			if g.NewValue != nil {
+				got = formatGroup(g.NewValue.Values)
+			}
+			diffs = append(diffs, fmt.Sprintf("new_value %s, want %s", got, formatGroup(w.NewValue)))
 		}
 		if w.KnownValues != nil && (g.NewValue == nil || g.NewValue.Known != *w.KnownValues) {
 			known := "none"
@@ -281,11 +292,20 @@ func describe(e Expectation) string {
 	return s
 }
 
-func newValues(a alert.Alert) any {
-	if a.NewValue == nil {
-		return "none"
+func eventNames(ids map[string]string, keys []string) []string {
+	var out []string
+	for _, k := range keys {
+		out = append(out, eventName(ids, k))
 	}
-	return a.NewValue.Values
+	return out
+}
+
+func stepCounts(a alert.Alert) []int {
+	var counts []int
+	for _, st := range a.Steps {
+		counts = append(counts, st.Count)
+	}
+	return counts
 }
 
 func windowCount(a alert.Alert) string {

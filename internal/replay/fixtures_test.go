@@ -55,12 +55,12 @@ func TestAWrongFixtureFailsWithAMessageThatSaysWhatDiffers(t *testing.T) {
 		{
 			name:    "an alert that is not expected",
 			fixture: "name: a burst is quiet\n" + burst + "expect: []\n",
-			want:    []string{"FAIL ", "a burst is quiet", "alert 1: unexpected ANLY-SEC-001", "(count 3)"},
+			want:    []string{"FAIL ", "a burst is quiet", "alert 1: unexpected ANLY-SEC-001", "alert 1: unexpected ANLY-SEC-001 alert", "≠   count: 3"},
 		},
 		{
 			name:    "the wrong count, group and suppressed count",
 			fixture: "name: wrong details\n" + burst + "expect:\n  - rule: ANLY-SEC-001\n    group: {user_id: alice, server_hostname: web-01}\n    count: 4\n    suppressed: 2\n",
-			want:    []string{"alert 1: ", "count 3, want 4", "suppressed 0, want 2", "want map[server_hostname:web-01 user_id:alice]"},
+			want:    []string{"alert 1: ", "count 3, want 4", "suppressed 0, want 2", `want {server_hostname: "web-01", user_id: "alice"}`, "    user_id: alice           ≠     user_id: bob"},
 		},
 		{
 			name:    "the wrong rule",

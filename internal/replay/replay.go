@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/audit-platform/audit-log-analysis/internal/event"
@@ -42,10 +43,20 @@ type Options struct {
 	Report io.Writer
 	// MaxReports bounds the lines written to Report (0: 100).
 	MaxReports int
+	// Progress, when not nil, is kept up to date while the replay runs,
+	// for a progress display on another goroutine.
+	Progress *Progress
+}
+
+// Progress counts the lines and events a running replay has handled.
+type Progress struct {
+	Lines, Events atomic.Int64
 }
 
 // Summary counts what a replay read and produced.
 type Summary struct {
+	// Rules are the ids of the enabled rules that ran, in order.
+	Rules      []string
 	Lines      int
 	Events     int
 	Rejected   map[event.Reason]int
@@ -75,6 +86,11 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 		opts.MaxReports = 100
 	}
 	sum := Summary{Rejected: map[event.Reason]int{}, Alerts: map[string]int{}, Suppressed: map[string]int{}, Evicted: map[string]int{}}
+	for _, r := range opts.Rules.Rules {
+		if r.Enabled {
+			sum.Rules = append(sum.Rules, r.ID())
+		}
+	}
 	clock := rules.NewReplayClock(opts.MaxClockSkew)
 	engine := rules.NewEngine(state.NewMemory(), opts.Rules, rules.Options{
 		Environment: opts.Environment,
@@ -195,6 +211,10 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 					return sum, err
 				}
 			}
+		}
+		if opts.Progress != nil {
+			opts.Progress.Lines.Store(int64(sum.Lines))
+			opts.Progress.Events.Store(int64(sum.Events))
 		}
 	}
 	if err := <-readErr; err != nil {
@@ -321,17 +341,25 @@ func (s Summary) WriteSummary(w io.Writer) {
 		fmt.Fprintf(w, " (%.0f events/s)", float64(s.Events)/s.Elapsed.Seconds())
 	}
 	fmt.Fprintln(w)
+	// Every rule that ran, with its alerts, zero included: a rule that
+	// raised nothing is worth seeing too.
+	ids := slices.Clone(s.Rules)
 	for _, id := range slices.Sorted(maps.Keys(s.Alerts)) {
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	for _, id := range slices.Sorted(maps.Keys(s.Suppressed)) {
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	for _, id := range ids {
 		line := fmt.Sprintf("  alerts %-24s %d", id, s.Alerts[id])
 		if n := s.Suppressed[id]; n > 0 {
 			line += fmt.Sprintf(" (%d matches suppressed)", n)
 		}
 		fmt.Fprintln(w, line)
-	}
-	for _, id := range slices.Sorted(maps.Keys(s.Suppressed)) {
-		if _, ok := s.Alerts[id]; !ok {
-			fmt.Fprintf(w, "  alerts %-24s 0 (%d matches suppressed)\n", id, s.Suppressed[id])
-		}
 	}
 	for _, r := range slices.Sorted(maps.Keys(s.Rejected)) {
 		fmt.Fprintf(w, "  rejected %-22s %d\n", r, s.Rejected[r])

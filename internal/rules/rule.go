@@ -39,8 +39,13 @@ type Rule struct {
 
 	description      template
 	alertDescription template
-	// Line is where the rule starts in its file.
+	// Line is where the rule starts in its file; File names the file
+	// (set by ParseFile and Compose).
 	Line int
+	File string
+	// Digest identifies the rule's definition, so that a reload can tell
+	// a changed rule from an unchanged one.
+	Digest string
 }
 
 // ID returns the rule id.
@@ -164,6 +169,8 @@ type Set struct {
 	// file's bytes.
 	Source string
 	Hash   string
+	// Warnings are Lint's findings for the file (set by ParseFile).
+	Warnings []string
 }
 
 // Enabled counts the enabled rules.

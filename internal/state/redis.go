@@ -33,13 +33,21 @@ var (
 //
 // Every update resets the lifetime of the group's keys: for a threshold or
 // sequence group the window plus the lateness, and after an alert the
-// larger of window and suppression plus the lateness; for a new-value
-// group the larger of history and learning time plus five minutes.
+// larger of window and suppression plus the lateness and ten minutes; for
+// a new-value group the larger of history and learning time plus five
+// minutes. Beside them, Marker keeps prefix{m<n>}:marker keys, which never
+// expire, to notice that Redis lost the state.
+//
+// The client may be a single server's, a Sentinel failover client or a
+// Cluster client; scripts.go says how calls are made on each.
 type Redis struct {
 	client    redis.UniversalClient
 	prefix    string
 	correlate *redis.Script
 	newValue  *redis.Script
+	// scripts are all the scripts the store runs, loaded together on
+	// every master when one answers NOSCRIPT (see scripts.go).
+	scripts []*redis.Script
 }
 
 // NewRedis returns a store keeping its keys under prefix. The prefix must
@@ -50,12 +58,14 @@ func NewRedis(client redis.UniversalClient, prefix string) *Redis {
 	if strings.ContainsAny(prefix, "{}") {
 		panic(fmt.Sprintf("state: Redis key prefix %q contains a brace", prefix))
 	}
-	return &Redis{
+	r := &Redis{
 		client:    client,
 		prefix:    prefix,
 		correlate: redis.NewScript(correlateScript),
 		newValue:  redis.NewScript(newValueScript),
 	}
+	r.scripts = []*redis.Script{r.correlate, r.newValue}
+	return r
 }
 
 // Apply applies updates in order in one round trip (a pipeline of one
@@ -70,19 +80,9 @@ func (r *Redis) Apply(ctx context.Context, updates []Update) ([]Result, error) {
 	if len(updates) == 0 {
 		return []Result{}, nil
 	}
-	cmds, err := r.exec(ctx, updates)
-	if err != nil && noScript(cmds) {
-		// The script cache is empty after a restart, failover or
-		// SCRIPT FLUSH. Load the scripts and run the whole batch again:
-		// an update that did run before answers Duplicate (or, for one
-		// that raised alerts, the same alerts) the second time.
-		for _, s := range []*redis.Script{r.correlate, r.newValue} {
-			if err := s.Load(ctx, r.client).Err(); err != nil {
-				return nil, fmt.Errorf("load state script: %w", err)
-			}
-		}
-		cmds, err = r.exec(ctx, updates)
-	}
+	cmds, err := r.pipelined(ctx, len(updates), func(pipe redis.Pipeliner, i int) *redis.Cmd {
+		return r.eval(ctx, pipe, &updates[i])
+	})
 	if err != nil {
 		return nil, fmt.Errorf("apply %d state updates: %w", len(updates), err)
 	}
@@ -95,21 +95,11 @@ func (r *Redis) Apply(ctx context.Context, updates []Update) ([]Result, error) {
 	return results, nil
 }
 
-func (r *Redis) exec(ctx context.Context, updates []Update) ([]*redis.Cmd, error) {
-	pipe := r.client.Pipeline()
-	cmds := make([]*redis.Cmd, len(updates))
-	for i := range updates {
-		cmds[i] = r.eval(ctx, pipe, &updates[i])
-	}
-	_, err := pipe.Exec(ctx)
-	return cmds, err
-}
-
 // eval queues the script call for one update.
 func (r *Redis) eval(ctx context.Context, pipe redis.Pipeliner, u *Update) *redis.Cmd {
 	base := r.prefix + "{" + u.Key + "}"
 	if u.Kind == NewValue {
-		return r.newValue.EvalSha(ctx, pipe, []string{base + ":n", base + ":f", base + ":a"},
+		return r.evalSha(ctx, pipe, r.newValue, []string{base + ":n", base + ":f", base + ":a"},
 			u.EventID, u.Time, u.Value, micros(u.History), micros(u.Learn), u.MaxValues,
 			newValueLimit(*u), micros(minLateness), maxAlerts)
 	}
@@ -136,16 +126,7 @@ func (r *Redis) eval(ctx context.Context, pipe redis.Pipeliner, u *Update) *redi
 		}
 		args = append(args, st.Count, distinct, rl.value(s))
 	}
-	return r.correlate.EvalSha(ctx, pipe, keys, args...)
-}
-
-func noScript(cmds []*redis.Cmd) bool {
-	for _, cmd := range cmds {
-		if redis.HasErrorPrefix(cmd.Err(), "NOSCRIPT") {
-			return true
-		}
-	}
-	return false
+	return r.evalSha(ctx, pipe, r.correlate, keys, args...)
 }
 
 // parseResult decodes a script's reply (see correlate.lua and

@@ -60,10 +60,16 @@ func scanKeys(ctx context.Context, c *redis.Client, prefix string) ([]string, er
 func TestMemoryAndRedisAgree(t *testing.T) {
 	t.Parallel()
 	s, _, _ := newRedisStore(t)
+	agreeWithMemory(t, s, 120)
+}
+
+// agreeWithMemory applies sequences random streams of updates of every
+// kind to s and to a memory store and requires identical results.
+func agreeWithMemory(t *testing.T, s *Redis, sequences int) {
 	seed := testSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 0xa9ee))
 	seen := map[Kind]map[Outcome]int{Threshold: {}, Sequence: {}, NewValue: {}}
-	for seq := range 120 {
+	for seq := range sequences {
 		st := newStream(rng, 1+rng.IntN(3), 30+rng.IntN(120))
 		// Every sequence gets keys of its own.
 		for i := range st.updates {
@@ -90,7 +96,7 @@ func TestMemoryAndRedisAgree(t *testing.T) {
 	}
 	t.Logf("outcomes: %v", seen)
 	for k, outcomes := range seen {
-		if outcomes[Fired] < 20 || outcomes[Below] < 20 {
+		if outcomes[Fired] < sequences/6 || outcomes[Below] < sequences/6 {
 			t.Errorf("%v: outcomes %v: the generator misses a case", k, outcomes)
 		}
 	}
