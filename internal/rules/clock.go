@@ -1,7 +1,6 @@
 package rules
 
 import (
-	"iter"
 	"time"
 
 	"github.com/audit-platform/audit-log-analysis/internal/event"
@@ -130,15 +129,6 @@ func (c *ReplayClock) Follow(events []*event.Event) { c.following = events }
 func (c *ReplayClock) Stamp(events []*event.Event, now time.Time, stamps []Stamp) {
 	following := c.following
 	c.following = nil
-	after := func(i int) *event.Event { // events[i], or past the batch what follows it
-		if i < len(events) {
-			return events[i]
-		}
-		if i -= len(events); i < len(following) {
-			return following[i]
-		}
-		return nil
-	}
 	lead := -1 // index of the first readable event, while the clock has no time
 	for i, ev := range events {
 		if c.newest.IsZero() && !readable(ev) {
@@ -159,17 +149,12 @@ func (c *ReplayClock) Stamp(events []*event.Event, now time.Time, stamps []Stamp
 			stamps[i] = Stamp{At: t, Arrival: t, Clamped: !ev.Timestamp.IsZero()}
 			continue
 		}
-		stamps[i] = c.stamp(ev, func(yield func(*event.Event) bool) {
-			for j := i + 1; j <= i+lookahead; j++ {
-				if next := after(j); next == nil || !yield(next) {
-					return
-				}
-			}
-		})
+		stamps[i] = c.stamp(ev, events[i+1:], following)
 	}
 }
 
-func (c *ReplayClock) stamp(ev *event.Event, next iter.Seq[*event.Event]) Stamp {
+// stamp stamps ev; after it come the events in next, then those in then.
+func (c *ReplayClock) stamp(ev *event.Event, next, then []*event.Event) Stamp {
 	s := Stamp{At: ev.Timestamp, Arrival: c.newest}
 	switch t := ev.Timestamp; {
 	case t.IsZero():
@@ -179,7 +164,17 @@ func (c *ReplayClock) stamp(ev *event.Event, next iter.Seq[*event.Event]) Stamp 
 	case c.newest.IsZero():
 		// The first readable time starts the clock.
 	case c.MaxSkew > 0 && t.Sub(c.newest) > c.MaxSkew:
-		for n := range next {
+		for j := range lookahead {
+			var n *event.Event
+			switch {
+			case j < len(next):
+				n = next[j]
+			case j-len(next) < len(then):
+				n = then[j-len(next)]
+			}
+			if n == nil {
+				break
+			}
 			if readable(n) && n.Timestamp.Sub(c.newest) <= c.MaxSkew {
 				// Something after it is back near the clock: a wrong
 				// clock.

@@ -67,21 +67,26 @@ type Condition struct {
 func (c *Condition) Matches(ev *event.Event) bool {
 	v, ok := ev.Field(c.Field)
 	values := c.Values
+	equal := func(s string) bool { return s == v }
 	if c.IgnoreCase {
-		v, values = foldCase(v), c.folded
+		// Equality needs no folded copy: EqualFold is simple folding.
+		equal = func(s string) bool { return strings.EqualFold(s, v) }
+		if c.Op == OpPrefix || c.Op == OpSuffix || c.Op == OpContains {
+			v, values = foldCase(v), c.folded
+		}
 	}
 	switch c.Op {
 	case OpExists:
 		return ok == c.exists
 	case OpNotIn:
-		return !ok || !slices.Contains(values, v)
+		return !ok || !slices.ContainsFunc(values, equal)
 	}
 	if !ok {
 		return false
 	}
 	switch c.Op {
 	case OpEquals, OpIn:
-		return slices.Contains(values, v)
+		return slices.ContainsFunc(values, equal)
 	case OpPath:
 		p := event.CanonicalPath(v)
 		for _, glob := range c.Values {
