@@ -220,9 +220,70 @@ if capped and not redis.call('ZSCORE', KEYS[first], id) then
   return {0} -- dropped at once, the oldest of a full step
 end
 
+-- 4. Recompute the alerting triggers from the event on.
+local pages = {}
+local nLast = sizes[k]
+
+-- The bursts: the last before the event's time, then all at or after it.
+-- Events mostly arrive in order, so the newest few usually hold them all.
+local old = {} -- {time, id} in order, from the last before the event on
+local b0 = 1 -- old[b0] is the first burst at or after the event
+if alerted then
+  local few = redis.call('ZREVRANGEBYSCORE', bk, '+inf', '-inf', 'WITHSCORES', 'LIMIT', 0, 4)
+  local n = #few / 2
+  if n < 4 or tonumber(few[2 * n]) < t then
+    -- They hold every burst at or after the event's time and the newest
+    -- before it.
+    for j = #few - 1, 1, -2 do
+      old[#old + 1] = {tonumber(few[j + 1]), few[j]}
+    end
+    while #old > 1 and old[2][1] < t do
+      table.remove(old, 1)
+    end
+  else
+    local prev = redis.call('ZREVRANGEBYSCORE', bk, '(' .. ts, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    if prev[2] then
+      old[1] = {tonumber(prev[2]), prev[1]}
+    end
+    local rest = redis.call('ZRANGEBYSCORE', bk, ts, '+inf', 'WITHSCORES')
+    for j = 1, #rest, 2 do
+      old[#old + 1] = {tonumber(rest[j + 1]), rest[j]}
+    end
+  end
+end
+b0 = 1
+while b0 <= #old and less(old[b0][1], old[b0][2], t, id) do
+  b0 = b0 + 1
+end
+
+local NONE = nil
+local zn = NONE
+if b0 > 1 then
+  zn = old[b0 - 1][1] + sup
+end
+local zoned = zn ~= NONE and t < zn
+local changedEnd = t + w
+local i
+if bit(k) then
+  i = redis.call('ZRANK', L, id)
+  pages[k] = {[i] = {t, id}}
+end
+
+-- The common case, fast: the event is the newest and no alert lies at or
+-- after it, so nothing after it can change. In a suppression zone it is
+-- suppressed; a threshold that does not reach its count is below.
+if i == nLast - 1 and b0 > #old then
+  if zoned then
+    redis.call('HINCRBY', ak, '', 1)
+    return {2}
+  end
+  if k == 1 and not distinct[1] and i - redis.call('ZCOUNT', L, '-inf', score(t - w)) + 1 < counts[1] then
+    return {0}
+  end
+end
+
 -- Reading events. at(s, i) is the event at 0-based rank i of step s:
 -- {time, id}; pages are cached.
-local pages = {}
 local function at(s, i)
   local p = pages[s]
   if not p then
@@ -240,7 +301,6 @@ local function at(s, i)
   return p[i]
 end
 
-local nLast = sizes[k]
 
 -- Number of events of step s with times before x.
 local function before(s, x)
@@ -400,7 +460,6 @@ local function completes(i)
   return distinctDown(k, i, a, counts[k]) >= counts[k]
 end
 
--- 4. Recompute the alerting triggers from the event on.
 local function lowerBound(s, pt, pid)
   -- The rank of the first event of step s at or after (pt, pid).
   local n = before(s, pt)
@@ -413,50 +472,7 @@ local function lowerBound(s, pt, pid)
   return n
 end
 
--- The bursts: the last before the event's time, then all at or after it.
--- Events mostly arrive in order, so the newest few usually hold them all.
-local old = {} -- {time, id} in order, from the last before the event on
-local b0 = 1 -- old[b0] is the first burst at or after the event
-if alerted then
-  local few = redis.call('ZREVRANGEBYSCORE', bk, '+inf', '-inf', 'WITHSCORES', 'LIMIT', 0, 4)
-  local n = #few / 2
-  if n < 4 or tonumber(few[2 * n]) < t then
-    -- They hold every burst at or after the event's time and the newest
-    -- before it.
-    for j = #few - 1, 1, -2 do
-      old[#old + 1] = {tonumber(few[j + 1]), few[j]}
-    end
-    while #old > 1 and old[2][1] < t do
-      table.remove(old, 1)
-    end
-  else
-    local prev = redis.call('ZREVRANGEBYSCORE', bk, '(' .. ts, '-inf', 'WITHSCORES', 'LIMIT', 0, 1)
-    if prev[2] then
-      old[1] = {tonumber(prev[2]), prev[1]}
-    end
-    local rest = redis.call('ZRANGEBYSCORE', bk, ts, '+inf', 'WITHSCORES')
-    for j = 1, #rest, 2 do
-      old[#old + 1] = {tonumber(rest[j + 1]), rest[j]}
-    end
-  end
-end
-b0 = 1
-while b0 <= #old and less(old[b0][1], old[b0][2], t, id) do
-  b0 = b0 + 1
-end
-
-local NONE = nil
-local zn = NONE
-if b0 > 1 then
-  zn = old[b0 - 1][1] + sup
-end
-local zoned = zn ~= NONE and t < zn
-local changedEnd = t + w
-local i
-if bit(k) then
-  i = redis.call('ZRANK', L, id)
-  pages[k] = {[i] = {t, id}}
-else
+if not i then
   i = lowerBound(k, t, id)
 end
 local j = b0
