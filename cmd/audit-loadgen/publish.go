@@ -198,10 +198,11 @@ func publish(ctx context.Context, cfg publishConfig, log io.Writer) (*report, er
 		return rep, fmt.Errorf("open channel: %w", err)
 	}
 	defer ch.Close()
-	// Declared as the service declares them: durable, no arguments.
+	// As the service does: queues are used as they exist (a quorum queue,
+	// a length limit), and only a missing one is declared, durable.
 	for _, q := range []string{cfg.Queue, cfg.AlertQueue} {
-		if _, err := ch.QueueDeclare(q, true, false, false, false, nil); err != nil {
-			return rep, fmt.Errorf("declare queue %q: %w", q, err)
+		if err := ensureQueue(pubConn, q); err != nil {
+			return rep, err
 		}
 	}
 
@@ -244,6 +245,32 @@ func publish(ctx context.Context, cfg publishConfig, log io.Writer) (*report, er
 }
 
 // dial connects to url, with a deadline on connecting.
+// ensureQueue declares q passively and, when it does not exist, declares
+// it durable with no arguments. Each step has a channel of its own: a
+// failed passive declare closes its channel.
+func ensureQueue(conn *amqp.Connection, q string) error {
+	for _, passive := range []bool{true, false} {
+		ch, err := conn.Channel()
+		if err != nil {
+			return fmt.Errorf("open channel: %w", err)
+		}
+		if passive {
+			_, err = ch.QueueDeclarePassive(q, true, false, false, false, nil)
+		} else {
+			_, err = ch.QueueDeclare(q, true, false, false, false, nil)
+		}
+		var ae *amqp.Error
+		switch {
+		case err == nil:
+			return ch.Close()
+		case passive && errors.As(err, &ae) && ae.Code == amqp.NotFound:
+			continue
+		}
+		return fmt.Errorf("declare queue %q: %w", q, err)
+	}
+	return nil
+}
+
 func dial(rawURL, name string) (*amqp.Connection, error) {
 	conn, err := amqp.DialConfig(rawURL, amqp.Config{
 		Dial:       amqp.DefaultDial(10 * time.Second),

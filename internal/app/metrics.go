@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
+	"github.com/audit-platform/audit-log-analysis/internal/broker"
 	"github.com/audit-platform/audit-log-analysis/internal/event"
 )
 
@@ -181,6 +182,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	// first failure.
 	for _, r := range event.Reasons {
 		m.rejected.WithLabelValues(string(r))
+	}
+	for _, r := range broker.ProblemReasons {
+		m.brokerErrors.WithLabelValues(r)
 	}
 	for _, d := range []string{"state_store", "publish"} {
 		m.batchRetries.WithLabelValues(d)

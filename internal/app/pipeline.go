@@ -41,19 +41,23 @@ type pipeline struct {
 	sourceQueue     string
 	alertQueue      string
 	deadLetterQueue string // "" rejects without requeue instead
-	// shadowQueue receives the alerts of rules in shadow mode; "" means
-	// they are only counted and logged.
-	shadowQueue  string
-	maxBodyBytes int
-	metrics      *metrics
-	logger       *slog.Logger
-	now          func() time.Time
+	maxBodyBytes    int
+	// maxDeliveries: a delivery the broker says it delivered more often
+	// than this (quorum queues count) is dead-lettered unread. 0: no
+	// limit.
+	maxDeliveries int
+	metrics       *metrics
+	logger        *slog.Logger
+	now           func() time.Time
 	// onStoreFailure reports that the state store failed, so health turns
 	// at once instead of at the next periodic ping.
 	onStoreFailure func()
 	// rejectLog keeps a flood of bad messages from flooding the log too;
 	// the metric still counts every one.
 	rejectLog logLimit
+	// shadowQueue receives the alerts of rules in shadow mode; "" means
+	// they are only counted and logged.
+	shadowQueue string
 }
 
 // logLimit allows a burst of log lines per interval and counts the rest,
@@ -200,13 +204,51 @@ func (p *pipeline) rejectAlone(ctx context.Context, d broker.Delivery, crash err
 	return nil
 }
 
+// handle runs a batch through its steps: decode, rules, publish what they
+// produced, count and log. Nothing is counted before the publish is
+// confirmed, so a retried batch is counted once.
 func (p *pipeline) handle(ctx context.Context, batch []broker.Delivery) ([]broker.Disposition, error) {
 	start := p.now()
-	disps := make([]broker.Disposition, len(batch))
-	events := make([]*event.Event, 0, len(batch))
-	index := make([]int, 0, len(batch)) // events[i] is batch[index[i]]
-	var rejected []rejection
+	dec := p.decode(batch)
+	out, err := p.runRules(ctx, &dec, start)
+	if err != nil {
+		return nil, err
+	}
+	msgs, disps, err := p.messages(batch, dec.rejected, out, start)
+	if err != nil {
+		return nil, err
+	}
+	if len(msgs) > 0 {
+		if err := p.publisher.Publish(ctx, msgs); err != nil {
+			p.metrics.publishFailures.Inc()
+			p.metrics.batchRetries.WithLabelValues("publish").Inc()
+			return nil, fmt.Errorf("publish %d messages: %w", len(msgs), err)
+		}
+	}
+	p.record(batch, dec, out, start)
+	return disps, nil
+}
+
+// decoded is a batch after decoding: its events, where each came from, and
+// the deliveries that can never be processed.
+type decoded struct {
+	events   []*event.Event
+	index    []int // events[i] is batch[index[i]]
+	rejected []rejection
+}
+
+// decode turns the batch's bodies into events. A delivery past the
+// delivery limit is rejected unread: its earlier deliveries ended without
+// a settlement, which is what a message that kills the process looks like.
+func (p *pipeline) decode(batch []broker.Delivery) decoded {
+	dec := decoded{events: make([]*event.Event, 0, len(batch)), index: make([]int, 0, len(batch))}
 	for i, d := range batch {
+		if p.maxDeliveries > 0 && d.DeliveryCount >= int64(p.maxDeliveries) {
+			dec.rejected = append(dec.rejected, rejection{index: i, reason: event.ReasonRedeliveryLimit,
+				err: fmt.Errorf("delivered %d times without being settled, more than RABBITMQ_MAX_DELIVERIES (%d): its handling may be what stops the service",
+					d.DeliveryCount+1, p.maxDeliveries)})
+			continue
+		}
 		ev, err := event.Decode(d.Body, p.maxBodyBytes)
 		if err != nil {
 			var de *event.DecodeError
@@ -214,25 +256,37 @@ func (p *pipeline) handle(ctx context.Context, batch []broker.Delivery) ([]broke
 			if errors.As(err, &de) {
 				reason = de.Reason
 			}
-			rejected = append(rejected, rejection{index: i, reason: reason, err: err})
+			dec.rejected = append(dec.rejected, rejection{index: i, reason: reason, err: err})
 			continue
 		}
-		events = append(events, ev)
-		index = append(index, i)
+		dec.events = append(dec.events, ev)
+		dec.index = append(dec.index, i)
 	}
+	return dec
+}
 
-	out, err := p.engine.Process(ctx, events, start)
+// runRules runs the engine over the decoded events. An event the state
+// store refuses as invalid joins dec.rejected; any other store failure
+// fails the batch.
+func (p *pipeline) runRules(ctx context.Context, dec *decoded, now time.Time) (rules.Output, error) {
+	out, err := p.engine.Process(ctx, dec.events, now)
 	if errors.Is(err, state.ErrInvalidUpdate) {
-		out, rejected, err = p.isolate(ctx, events, index, rejected, start)
+		out, dec.rejected, err = p.isolate(ctx, dec.events, dec.index, dec.rejected, now)
 	}
 	if err != nil {
 		p.metrics.batchRetries.WithLabelValues("state_store").Inc()
 		if p.onStoreFailure != nil {
 			p.onStoreFailure()
 		}
-		return nil, fmt.Errorf("run rules: %w", err)
+		return rules.Output{}, fmt.Errorf("run rules: %w", err)
 	}
+	return out, nil
+}
 
+// messages builds the alerts and dead letters to publish, and the
+// batch's dispositions.
+func (p *pipeline) messages(batch []broker.Delivery, rejected []rejection, out rules.Output, now time.Time) ([]broker.Message, []broker.Disposition, error) {
+	disps := make([]broker.Disposition, len(batch))
 	msgs := make([]broker.Message, 0, len(out.Alerts)+len(rejected))
 	for _, f := range out.Alerts {
 		queue := p.alertQueue
@@ -244,14 +298,14 @@ func (p *pipeline) handle(ctx context.Context, batch []broker.Delivery) ([]broke
 		}
 		body, err := alert.Marshal(f.Alert)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		msgs = append(msgs, broker.Message{
 			Queue:       queue,
 			Body:        body,
 			MessageID:   f.Alert.AlertID,
 			ContentType: "application/json",
-			Timestamp:   start,
+			Timestamp:   now,
 		})
 	}
 	for _, r := range rejected {
@@ -259,23 +313,17 @@ func (p *pipeline) handle(ctx context.Context, batch []broker.Delivery) ([]broke
 		// dead-letter queue is confirmed, or alone when there is none
 		// (then only a dead-letter policy on the queue keeps it).
 		disps[r.index] = broker.Reject
-		if p.deadLetterQueue == "" {
-			continue
-		}
-		msgs = append(msgs, p.deadLetter(batch[r.index], r, start))
-	}
-	if len(msgs) > 0 {
-		if err := p.publisher.Publish(ctx, msgs); err != nil {
-			p.metrics.publishFailures.Inc()
-			p.metrics.batchRetries.WithLabelValues("publish").Inc()
-			return nil, fmt.Errorf("publish %d messages: %w", len(msgs), err)
+		if p.deadLetterQueue != "" {
+			msgs = append(msgs, p.deadLetter(batch[r.index], r, now))
 		}
 	}
+	return msgs, disps, nil
+}
 
-	// Counted only once the batch is through, so a retried batch is
-	// counted once.
-	p.metrics.consumed.Add(float64(len(batch)))
-	p.metrics.processed.Add(float64(len(events)))
+// record counts and logs a handled batch.
+func (p *pipeline) record(batch []broker.Delivery, dec decoded, out rules.Output, start time.Time) {
+	end := p.now()
+	p.metrics.processed.Add(float64(len(dec.events)))
 	p.metrics.batchSize.Observe(float64(len(batch)))
 	p.metrics.clamped.Add(float64(out.Clamped))
 	p.metrics.badTimestamps.Add(float64(out.InvalidTimestamps))
@@ -286,8 +334,19 @@ func (p *pipeline) handle(ctx context.Context, batch []broker.Delivery) ([]broke
 	for id, n := range out.Evicted {
 		p.metrics.newValueEvictions.WithLabelValues(id).Add(float64(n))
 	}
+	for _, ev := range dec.events {
+		if !ev.Timestamp.IsZero() {
+			p.metrics.eventLag.Observe(max(end.Sub(ev.Timestamp).Seconds(), 0))
+		}
+	}
+	p.recordAlerts(out.Alerts, end)
+	p.recordRejections(batch, dec.rejected, end)
+	p.metrics.duration.Observe(end.Sub(start).Seconds())
+}
+
+func (p *pipeline) recordAlerts(fired []rules.Fired, now time.Time) {
 	live := 0
-	for _, f := range out.Alerts {
+	for _, f := range fired {
 		a := f.Alert
 		p.metrics.ruleAlerts.WithLabelValues(f.Rule.ID(), string(f.Rule.Mode)).Inc()
 		msg := "alert published"
@@ -303,21 +362,22 @@ func (p *pipeline) handle(ctx context.Context, batch []broker.Delivery) ([]broke
 			"correlation_id", a.CorrelationID)
 	}
 	if live > 0 {
-		p.metrics.lastAlertUnixSec.Set(float64(p.now().Unix()))
+		p.metrics.lastAlertUnixSec.Set(float64(now.Unix()))
 	}
+}
+
+func (p *pipeline) recordRejections(batch []broker.Delivery, rejected []rejection, now time.Time) {
 	for _, r := range rejected {
 		d := batch[r.index]
 		p.metrics.rejected.WithLabelValues(string(r.reason)).Inc()
 		if p.deadLetterQueue != "" {
 			p.metrics.deadLettered.Inc()
 		}
-		if n, ok := p.rejectLog.allow(p.now()); ok {
+		if n, ok := p.rejectLog.allow(now); ok {
 			p.logger.Warn("message rejected",
 				"reason", string(r.reason), "error", alert.Shorten(r.err.Error(), 256),
 				"message_id", d.MessageID, "bytes", len(d.Body), "dead_letter_queue", p.deadLetterQueue,
 				"not_logged_before", n)
 		}
 	}
-	p.metrics.duration.Observe(p.now().Sub(start).Seconds())
-	return disps, nil
 }

@@ -187,7 +187,13 @@ func metric(t *testing.T, base, series string) float64 {
 // caller's messages).
 func openChannel(t *testing.T) (*amqp.Channel, func()) {
 	t.Helper()
-	conn, err := amqp.Dial(testenv.RabbitMQURL(t))
+	return openChannelAt(t, testenv.RabbitMQURL(t))
+}
+
+// openChannelAt is openChannel on the broker at url.
+func openChannelAt(t *testing.T, url string) (*amqp.Channel, func()) {
+	t.Helper()
+	conn, err := amqp.Dial(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +208,13 @@ func openChannel(t *testing.T) (*amqp.Channel, func()) {
 // publish sends raw bodies to a queue with confirms.
 func publish(t *testing.T, queue string, bodies ...[]byte) {
 	t.Helper()
-	ch, done := openChannel(t)
+	publishAt(t, testenv.RabbitMQURL(t), queue, bodies...)
+}
+
+// publishAt is publish on the broker at url.
+func publishAt(t *testing.T, url, queue string, bodies ...[]byte) {
+	t.Helper()
+	ch, done := openChannelAt(t, url)
 	defer done()
 	if err := ch.Confirm(false); err != nil {
 		t.Fatal(err)
@@ -232,10 +244,23 @@ func publish(t *testing.T, queue string, bodies ...[]byte) {
 // queue stays quiet for quiet after that; it fails past timeout.
 func collect(t *testing.T, queue string, want int, quiet, timeout time.Duration) []amqp.Delivery {
 	t.Helper()
-	ch, done := openChannel(t)
+	return collectAt(t, testenv.RabbitMQURL(t), queue, want, quiet, timeout)
+}
+
+// collectAt is collect on the broker at url.
+func collectAt(t *testing.T, url, queue string, want int, quiet, timeout time.Duration) []amqp.Delivery {
+	t.Helper()
+	ch, done := openChannelAt(t, url)
 	defer done()
-	if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
-		t.Fatal(err)
+	// Passively first: the queue may have arguments a plain declare would
+	// contradict.
+	if _, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil); err != nil {
+		done()
+		ch, done = openChannelAt(t, url)
+		defer done()
+		if _, err := ch.QueueDeclare(queue, true, false, false, false, nil); err != nil {
+			t.Fatal(err)
+		}
 	}
 	deliveries, err := ch.Consume(queue, "", true, false, false, false, nil)
 	if err != nil {

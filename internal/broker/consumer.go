@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -14,14 +16,28 @@ import (
 // ConsumerConfig configures a Consumer. Zero durations and sizes take the
 // defaults given with each field.
 type ConsumerConfig struct {
-	// URL is the amqp:// or amqps:// URL of the broker. It holds the
-	// password, so only its redacted form is ever logged.
-	URL string
-	// Queue is declared durable with no arguments, exactly as the rest of
-	// the platform declares it, then consumed with manual acks.
+	// URLs are amqp:// or amqps:// URLs of the nodes of one cluster, tried
+	// in turn. They hold the password, so only their redacted form is ever
+	// logged.
+	URLs []string
+	// TLS configures amqps:// connections (default: the system roots and
+	// the URL's host as the server name).
+	TLS TLSConfigFunc
+	// Queue is used as it exists, whatever its type and arguments. Only a
+	// missing queue is declared: durable, of type QueueType, with no other
+	// argument.
 	Queue string
-	// Prefetch is the channel's basic.qos prefetch count (1 to 65535).
+	// QueueType is QueueClassic (the default) or QueueQuorum.
+	QueueType string
+	// Prefetch is the most unacknowledged deliveries (1 to 65535): the
+	// channel's basic.qos prefetch count when bodies are small.
 	Prefetch int
+	// MaxInflightBytes bounds the bodies the consumer holds: the prefetch
+	// count is lowered so that prefetched deliveries of the largest recent
+	// size take at most half of it, and a batch closes when its bodies
+	// reach a quarter of it, leaving the rest for what the handler builds
+	// from them. Zero means no bound in bytes.
+	MaxInflightBytes int64
 	// BatchSize is the most deliveries handed to the handler at once
 	// (default and maximum: Prefetch).
 	BatchSize int
@@ -32,14 +48,36 @@ type ConsumerConfig struct {
 	// Run's context is cancelled, so the batch in flight can finish
 	// (default 5s).
 	ShutdownGrace time.Duration
-	// Logger receives state changes at Info and Warn and per-batch detail
-	// at Debug (default: discard).
+	// Logger receives state changes at Info, Warn and Error and per-batch
+	// detail at Debug (default: discard).
 	Logger *slog.Logger
-	// OnConnection, if set, is called on every change between connected
-	// (consuming) and disconnected. Calls are serialised.
-	OnConnection func(connected bool)
 	// Backoff paces reconnection attempts and retries of a failing batch.
 	Backoff Backoff
+	// DepthQueues are queues whose depth is reported besides Queue's,
+	// every DepthInterval (default 5s), by passive declares on the
+	// consumer's connection: it never publishes, so a broker alarm does
+	// not block it and the depths stay current during one.
+	DepthQueues   []string
+	DepthInterval time.Duration
+
+	// Callbacks, each optional; they must return quickly.
+
+	// OnConnection is called on every change between connected
+	// (consuming) and disconnected. Calls are serialised.
+	OnConnection func(connected bool)
+	// OnError is called with a Problem's reason each time one stops a
+	// connection attempt.
+	OnError func(reason string)
+	// OnSettled is called with the number of deliveries whose ack or
+	// reject was sent; deliveries whose settlement was dropped (their
+	// channel closed first) are not counted: they come back.
+	OnSettled func(n int)
+	// OnInflight is called with the bytes of the bodies taken from the
+	// broker and not yet settled, each time that changes.
+	OnInflight func(bytes int64)
+	// OnQueueDepth is called with the messages ready in a queue, or
+	// ok=false when the queue does not exist.
+	OnQueueDepth func(queue string, messages int, ok bool)
 }
 
 // Delivery is one message taken from the queue. It stays tied to the
@@ -52,7 +90,12 @@ type Delivery struct {
 	// Redelivered is set when the broker delivered the message before
 	// without it being settled.
 	Redelivered bool
-	Headers     map[string]any
+	// DeliveryCount is how many times the broker delivered the message
+	// before without it being settled, as quorum queues count it
+	// (x-delivery-count); 0 on a first delivery and on queues that do not
+	// count (classic queues).
+	DeliveryCount int64
+	Headers       map[string]any
 
 	gen uint64 // generation of the channel that delivered it
 	tag uint64 // delivery tag on that channel
@@ -101,6 +144,7 @@ type Consumer struct {
 	cfg       ConsumerConfig
 	log       *slog.Logger
 	state     linkState
+	dialer    dialer
 	tagPrefix string
 	running   atomic.Bool
 	alive     atomic.Bool
@@ -110,12 +154,18 @@ type Consumer struct {
 // has not connected yet.
 func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	var errs []error
-	redacted, err := checkURL(cfg.URL)
+	nodes, err := parseNodes(cfg.URLs)
 	if err != nil {
 		errs = append(errs, err)
 	}
 	if cfg.Queue == "" {
 		errs = append(errs, errors.New("queue name is empty"))
+	}
+	if cfg.QueueType == "" {
+		cfg.QueueType = QueueClassic
+	}
+	if err := checkQueueType(cfg.QueueType); err != nil {
+		errs = append(errs, err)
 	}
 	if cfg.Prefetch < 1 || cfg.Prefetch > 65535 {
 		errs = append(errs, fmt.Errorf("prefetch %d must be between 1 and 65535", cfg.Prefetch))
@@ -126,14 +176,20 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	if cfg.BatchSize < 0 || (cfg.Prefetch > 0 && cfg.BatchSize > cfg.Prefetch) {
 		errs = append(errs, fmt.Errorf("batch size %d must be between 1 and the prefetch count %d", cfg.BatchSize, cfg.Prefetch))
 	}
-	if cfg.BatchWait < 0 || cfg.ShutdownGrace < 0 {
-		errs = append(errs, errors.New("batch wait and shutdown grace must not be negative"))
+	if cfg.MaxInflightBytes < 0 {
+		errs = append(errs, errors.New("max in-flight bytes must not be negative"))
+	}
+	if cfg.BatchWait < 0 || cfg.ShutdownGrace < 0 || cfg.DepthInterval < 0 {
+		errs = append(errs, errors.New("batch wait, shutdown grace and depth interval must not be negative"))
 	}
 	if cfg.BatchWait == 0 {
 		cfg.BatchWait = 5 * time.Millisecond
 	}
 	if cfg.ShutdownGrace == 0 {
 		cfg.ShutdownGrace = 5 * time.Second
+	}
+	if cfg.DepthInterval == 0 {
+		cfg.DepthInterval = 5 * time.Second
 	}
 	cfg.Backoff = cfg.Backoff.withDefaults()
 	if err := cfg.Backoff.validate(); err != nil {
@@ -142,11 +198,14 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("consumer config: %w", err)
 	}
+	cfg.URLs = slices.Clone(cfg.URLs)
+	cfg.DepthQueues = slices.Clone(cfg.DepthQueues)
 	log := discardLogger(cfg.Logger).With("component", "broker.consumer", "queue", cfg.Queue)
 	return &Consumer{
 		cfg:       cfg,
 		log:       log,
-		state:     linkState{on: cfg.OnConnection, log: log, broker: redacted},
+		state:     linkState{log: log, onConn: cfg.OnConnection, onError: cfg.OnError},
+		dialer:    dialer{nodes: nodes, name: "audit-log-analysis consumer", tls: cfg.TLS, log: log},
 		tagPrefix: "audit-log-analysis-" + randomHex(4),
 	}, nil
 }
@@ -156,6 +215,11 @@ func (c *Consumer) Alive() bool { return c.alive.Load() }
 
 // Connected reports whether the consumer is currently consuming.
 func (c *Consumer) Connected() bool { return c.state.get() }
+
+// Problem returns the error that stopped the last connection attempt if
+// retrying alone will not fix it (see Problem), or nil; it is cleared once
+// the consumer connects.
+func (c *Consumer) Problem() *Problem { return c.state.currentProblem() }
 
 // Run consumes until ctx is cancelled, reconnecting whenever the connection
 // or channel is lost. On cancellation it cancels the consumer, lets the
@@ -181,129 +245,187 @@ func (c *Consumer) Run(ctx context.Context, h Handler) error {
 	stopGrace := context.AfterFunc(ctx, func() { time.AfterFunc(c.cfg.ShutdownGrace, hcancel) })
 	defer stopGrace()
 
+	c.state.connecting(c.dialer.nodes)
 	var gen uint64
-	failures := 0
-	for {
-		if ctx.Err() != nil {
-			return nil
-		}
+	return c.cfg.Backoff.retry(ctx, nil, func() attempt {
 		gen++
-		s, err := c.open(ctx, gen)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			d := c.cfg.Backoff.delay(failures)
-			failures++
-			c.log.Warn("connect failed", "error", err.Error(), "failures", failures, "retry_in", d)
-			if !sleep(ctx, d, nil) {
-				return nil
-			}
-			continue
-		}
-		c.state.set(true, nil)
-		connectedAt := time.Now()
+		return c.session(ctx, hctx, gen, h)
+	}, c.state.retrying)
+}
 
-		err = c.consume(ctx, hctx, s, h)
-		switch {
-		case err != nil:
-			c.log.Error("stopping: handler broke its contract", "error", err.Error())
-			c.state.set(false, nil)
-		case ctx.Err() != nil:
-			c.state.set(false, nil)
-		default:
-			// The broker's basic.cancel is notified just before the
-			// deliveries stop; give the watcher a moment to record it.
-			select {
-			case <-s.lost:
-			case <-time.After(time.Second):
-			}
-			c.state.set(false, s.endReason())
-		}
-		s.close()
-		if err != nil {
-			return err
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		// A session that failed soon after it started counts as a failed
-		// attempt, so a broker that keeps dropping us is not hammered.
-		if time.Since(connectedAt) > c.cfg.Backoff.Max {
-			failures = 0
-		}
-		d := c.cfg.Backoff.delay(failures)
-		failures++
-		c.log.Info("reconnecting", "in", d)
-		if !sleep(ctx, d, nil) {
-			return nil
-		}
+// session runs one connection, from dialling to closing.
+func (c *Consumer) session(ctx, hctx context.Context, gen uint64, h Handler) attempt {
+	s, err := c.open(ctx, gen)
+	if err != nil {
+		return attempt{err: err}
 	}
+	c.state.up(s.node)
+	start := time.Now()
+
+	err = c.consume(ctx, hctx, s, h)
+	var reason error
+	switch {
+	case err != nil:
+		c.log.Error("stopping: handler broke its contract", "error", err.Error())
+	case ctx.Err() != nil:
+	default:
+		// The broker's basic.cancel is notified just before the
+		// deliveries stop; give the watcher a moment to record it.
+		select {
+		case <-s.lost:
+		case <-time.After(time.Second):
+		}
+		reason = s.endReason()
+	}
+	c.state.down(reason)
+	s.close()
+	c.inflight(0)
+	if reason != nil {
+		c.dialer.lost(s.link)
+	}
+	return attempt{up: time.Since(start), err: reason, stop: err}
 }
 
 // consumerSession is one connection and its consuming channel: one
-// generation. Only Run's goroutine uses it, apart from the watcher and the
+// generation. Only Run's goroutine uses it, apart from the watchers and the
 // basic.cancel sent on shutdown.
 type consumerSession struct {
 	*link
-	gen        uint64
-	ch         *amqp.Channel
-	tag        string
-	deliveries <-chan amqp.Delivery
+	gen    uint64
+	ch     *amqp.Channel
+	window *window
+
+	// subMu guards the subscription, which the shutdown cancels from
+	// another goroutine.
+	subMu    sync.Mutex
+	sub      subscription
+	subs     int  // subscriptions made so far, for unique tags
+	next     int  // the prefetch count of the next subscription
+	stopping bool // no new subscription: shutting down
 
 	lost      chan struct{} // closed when the connection or channel closes or the broker cancels the consumer
 	reason    error         // why lost was closed; written before
+	quit      chan struct{} // closed when the session is closing
 	watchDone chan struct{}
+	depthDone chan struct{}
 
+	// pending is a delivery taken from the broker that did not fit in the
+	// last batch's byte budget: it starts the next batch.
+	pending *Delivery
 	// settled is the highest tag such that every tag up to it is settled.
 	settled uint64
-	// broken is set when a settlement could not be sent: the session must
-	// end.
+	// broken is set when a settlement or a change of subscription could
+	// not be sent: the session must end.
 	broken error
 }
 
+// subscription is one basic.consume on the session's channel.
+type subscription struct {
+	tag        string
+	prefetch   int
+	deliveries <-chan amqp.Delivery
+	cancelled  bool // basic.cancel sent: the deliveries drain, then close
+}
+
 func (c *Consumer) open(ctx context.Context, gen uint64) (*consumerSession, error) {
-	l, err := dial(ctx, c.cfg.URL, "audit-log-analysis consumer")
+	l, err := c.dialer.dial(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
+	}
+	connClose := l.conn.NotifyClose(make(chan *amqp.Error, 1))
+	q, err := declareQueue(ctx, l, c.cfg.Queue, c.cfg.QueueType)
+	if err != nil {
+		l.close(nil, false)
+		return nil, err
+	}
+	c.depth(c.cfg.Queue, q.Messages, true)
+	ch, err := l.channel(ctx)
+	if err != nil {
+		l.close(nil, false)
+		return nil, err
 	}
 	s := &consumerSession{
 		link:      l,
 		gen:       gen,
-		tag:       fmt.Sprintf("%s-%d", c.tagPrefix, gen),
+		ch:        ch,
+		window:    newWindow(c.cfg.Prefetch, c.cfg.MaxInflightBytes/2),
 		lost:      make(chan struct{}),
+		quit:      make(chan struct{}),
 		watchDone: make(chan struct{}),
+		depthDone: make(chan struct{}),
 	}
-	connClose := l.conn.NotifyClose(make(chan *amqp.Error, 1))
-	var chClose chan *amqp.Error
-	var cancels chan string
-	err = l.bounded(ctx, opTimeout, func() error {
-		ch, err := l.conn.Channel()
-		if err != nil {
-			return fmt.Errorf("open channel: %w", err)
+	s.next = s.window.size()
+	chClose := ch.NotifyClose(make(chan *amqp.Error, 1))
+	cancels := ch.NotifyCancel(make(chan string, 1))
+	go s.watch(connClose, chClose, cancels, &c.state)
+	go c.watchDepths(s)
+	return s, nil
+}
+
+// subscribe starts consuming with the prefetch count s.next. The count
+// must be set before basic.consume: RabbitMQ applies it to consumers
+// started afterwards only.
+func (c *Consumer) subscribe(ctx context.Context, s *consumerSession) error {
+	s.subMu.Lock()
+	defer s.subMu.Unlock()
+	if s.stopping {
+		return nil
+	}
+	s.subs++
+	sub := subscription{tag: fmt.Sprintf("%s-%d-%d", c.tagPrefix, s.gen, s.subs), prefetch: s.next}
+	err := s.bounded(ctx, opTimeout, func() error {
+		if err := s.ch.Qos(sub.prefetch, 0, false); err != nil {
+			return fmt.Errorf("set prefetch %d: %w", sub.prefetch, err)
 		}
-		s.ch = ch
-		chClose = ch.NotifyClose(make(chan *amqp.Error, 1))
-		cancels = ch.NotifyCancel(make(chan string, 1))
-		if _, err := ch.QueueDeclare(c.cfg.Queue, true, false, false, false, nil); err != nil {
-			return fmt.Errorf("declare queue %q: %w", c.cfg.Queue, err)
-		}
-		if err := ch.Qos(c.cfg.Prefetch, 0, false); err != nil {
-			return fmt.Errorf("set prefetch %d: %w", c.cfg.Prefetch, err)
-		}
-		d, err := ch.Consume(c.cfg.Queue, s.tag, false, false, false, false, nil)
+		d, err := s.ch.Consume(c.cfg.Queue, sub.tag, false, false, false, false, nil)
 		if err != nil {
 			return fmt.Errorf("consume queue %q: %w", c.cfg.Queue, err)
 		}
-		s.deliveries = d
+		sub.deliveries = d
 		return nil
 	})
 	if err != nil {
-		l.close(nil)
-		return nil, err
+		return err
 	}
-	go s.watch(connClose, chClose, cancels, &c.state)
-	return s, nil
+	if s.subs > 1 {
+		c.log.Debug("prefetch changed", "prefetch", sub.prefetch)
+	}
+	s.sub = sub
+	return nil
+}
+
+// resize asks for the prefetch count n: the subscription is cancelled, what
+// the broker already sent is handled and settled, and the next subscription
+// starts with n.
+func (c *Consumer) resize(s *consumerSession, n int) {
+	s.subMu.Lock()
+	defer s.subMu.Unlock()
+	s.next = n
+	if s.sub.cancelled || s.stopping {
+		return
+	}
+	if err := s.cancel(opTimeout); err != nil {
+		s.broken = fmt.Errorf("cancel the consumer to change its prefetch: %w", err)
+	}
+}
+
+// stopConsuming cancels the subscription and allows no new one. The
+// caller holds no lock.
+func (s *consumerSession) stopConsuming() error {
+	s.subMu.Lock()
+	defer s.subMu.Unlock()
+	s.stopping = true
+	if s.sub.cancelled || s.sub.deliveries == nil {
+		return nil
+	}
+	return s.cancel(closeTimeout)
+}
+
+// cancel sends basic.cancel for the subscription, waiting at most d for
+// the reply; the caller holds subMu.
+func (s *consumerSession) cancel(d time.Duration) error {
+	s.sub.cancelled = true
+	return s.bounded(context.Background(), d, func() error { return s.ch.Cancel(s.sub.tag, false) })
 }
 
 // watch waits for the first sign that the session is over. Each
@@ -327,17 +449,64 @@ func (s *consumerSession) watch(connClose, chClose <-chan *amqp.Error, cancels <
 	s.reason = reason
 	close(s.lost)
 	// Report the loss now, even if a batch is still being handled.
-	state.set(false, reason)
+	state.down(reason)
 }
 
-func (s *consumerSession) isLost() bool {
-	select {
-	case <-s.lost:
-		return true
-	default:
-		return false
+// watchDepths reports the depth of the queues every DepthInterval, while
+// the session lasts, from passive declares on a channel of its own: a
+// queue that was deleted closes only that channel, which is opened again
+// for the next one. Its calls are not bounded by a timeout that would close
+// the connection under the consumer; closing the session ends them.
+func (c *Consumer) watchDepths(s *consumerSession) {
+	defer close(s.depthDone)
+	if c.cfg.OnQueueDepth == nil {
+		return
+	}
+	queues := append([]string{c.cfg.Queue}, c.cfg.DepthQueues...)
+	t := time.NewTicker(c.cfg.DepthInterval)
+	defer t.Stop()
+	var ch *amqp.Channel
+	for {
+		select {
+		case <-t.C:
+		case <-s.lost:
+			return
+		case <-s.quit:
+			return
+		}
+		for _, q := range queues {
+			if ch == nil || ch.IsClosed() {
+				var err error
+				if ch, err = s.conn.Channel(); err != nil {
+					return // the connection is going: the session ends
+				}
+			}
+			info, err := ch.QueueDeclarePassive(q, false, false, false, false, nil)
+			switch {
+			case err == nil:
+				c.depth(q, info.Messages, true)
+			case isNotFound(err):
+				c.depth(q, 0, false)
+			default:
+				return
+			}
+		}
 	}
 }
+
+func (c *Consumer) depth(queue string, messages int, ok bool) {
+	if c.cfg.OnQueueDepth != nil {
+		c.cfg.OnQueueDepth(queue, messages, ok)
+	}
+}
+
+func (c *Consumer) inflight(bytes int64) {
+	if c.cfg.OnInflight != nil {
+		c.cfg.OnInflight(bytes)
+	}
+}
+
+func (s *consumerSession) isLost() bool { return isClosed(s.lost) }
 
 // endReason says why a session that was not asked to stop ended.
 func (s *consumerSession) endReason() error {
@@ -350,37 +519,66 @@ func (s *consumerSession) endReason() error {
 	return errors.New("deliveries stopped")
 }
 
-// close closes the channel and connection and waits for the watcher.
+// close closes the channel and connection and waits for the watchers.
 // Deliveries prefetched but not settled return to the queue.
 func (s *consumerSession) close() {
-	s.link.close(s.ch)
+	close(s.quit)
+	s.link.close(s.ch, false)
+	<-s.depthDone
 	<-s.watchDone
 }
 
+// wrap ties d to the session and lets the window see it.
 func (s *consumerSession) wrap(d amqp.Delivery) Delivery {
+	count := deliveryCount(d.Headers)
+	s.window.observe(len(d.Body), d.Redelivered || count > 0)
 	return Delivery{
-		Body:        d.Body,
-		MessageID:   d.MessageId,
-		ContentType: d.ContentType,
-		Timestamp:   d.Timestamp,
-		Redelivered: d.Redelivered,
-		Headers:     d.Headers,
-		gen:         s.gen,
-		tag:         d.DeliveryTag,
+		Body:          d.Body,
+		MessageID:     d.MessageId,
+		ContentType:   d.ContentType,
+		Timestamp:     d.Timestamp,
+		Redelivered:   d.Redelivered,
+		DeliveryCount: count,
+		Headers:       d.Headers,
+		gen:           s.gen,
+		tag:           d.DeliveryTag,
 	}
 }
 
+// deliveryCount reads x-delivery-count, whatever integer type the broker
+// encoded it with.
+func deliveryCount(h amqp.Table) int64 {
+	switch v := h["x-delivery-count"].(type) {
+	case int64:
+		return v
+	case int32:
+		return int64(v)
+	case int16:
+		return int64(v)
+	case int8:
+		return int64(v)
+	case int:
+		return int64(v)
+	case uint32:
+		return int64(v)
+	case uint16:
+		return int64(v)
+	case uint8:
+		return int64(v)
+	}
+	return 0
+}
+
 // consume runs batches on one session until it ends or ctx is cancelled.
-// This goroutine alone handles batches and owns the channel's acks, so acks
-// go out in delivery order.
+// This goroutine alone handles batches, owns the channel's acks (so acks go
+// out in delivery order) and changes the subscription.
 func (c *Consumer) consume(ctx, hctx context.Context, s *consumerSession, h Handler) error {
 	// On shutdown stop deliveries at once; the batch in flight still
 	// settles on this channel afterwards.
 	cancelled := make(chan struct{})
 	stopCancel := context.AfterFunc(ctx, func() {
 		defer close(cancelled)
-		err := s.bounded(context.Background(), closeTimeout, func() error { return s.ch.Cancel(s.tag, false) })
-		if err != nil {
+		if err := s.stopConsuming(); err != nil {
 			c.log.Debug("cancel consumer", "error", err.Error())
 		}
 	})
@@ -390,58 +588,136 @@ func (c *Consumer) consume(ctx, hctx context.Context, s *consumerSession, h Hand
 		}
 	}()
 
+	if err := c.subscribe(ctx, s); err != nil {
+		s.broken = err
+		return nil
+	}
 	for {
-		batch, more := c.collect(ctx, s)
+		batch, st := c.collect(ctx, s)
+		if n := s.window.want(s.sub.prefetch); n != s.sub.prefetch {
+			c.resize(s, n)
+		}
 		if len(batch) > 0 {
+			c.inflight(batchBytes(batch) + s.pendingBytes())
 			if err := c.handle(ctx, hctx, s, batch, h); err != nil {
 				return err
 			}
+			c.inflight(s.pendingBytes())
 		}
-		if !more || ctx.Err() != nil || s.broken != nil || s.isLost() {
+		if st == over || ctx.Err() != nil || s.broken != nil || s.isLost() {
 			return nil
+		}
+		if st == drained {
+			// The subscription ended: changed by resize, or cancelled
+			// by the broker (then the watcher reports the loss).
+			s.subMu.Lock()
+			ours := s.sub.cancelled
+			s.subMu.Unlock()
+			if !ours {
+				return nil
+			}
+			if err := c.subscribe(ctx, s); err != nil {
+				s.broken = err
+				return nil
+			}
 		}
 	}
 }
 
+// collectState says how a batch collection ended.
+type collectState int
+
+const (
+	// more: the batch is full, or no more deliveries came in time.
+	more collectState = iota
+	// drained: the subscription's deliveries are all taken.
+	drained
+	// over: the session is lost or ctx is done.
+	over
+)
+
 // collect waits for one delivery, then gathers more until the batch is full
-// or BatchWait has passed. more is false when the session or ctx is over;
-// a batch collected when ctx is cancelled is still returned, to be handled
-// within the grace period.
-func (c *Consumer) collect(ctx context.Context, s *consumerSession) (batch []Delivery, more bool) {
-	select {
-	case d, ok := <-s.deliveries:
-		if !ok {
-			return nil, false
+// (BatchSize deliveries, or bodies of a quarter of MaxInflightBytes) or
+// BatchWait has passed. A batch collected when ctx is cancelled is still
+// returned, to be handled within the grace period; one collected when the
+// channel is lost is dropped: the broker redelivers it.
+func (c *Consumer) collect(ctx context.Context, s *consumerSession) ([]Delivery, collectState) {
+	var batch []Delivery
+	var bytes int64
+	limit := c.cfg.MaxInflightBytes / 4
+	// take adds d, or keeps it for the next batch when its body would
+	// take the batch past the byte limit; it reports whether the batch
+	// can take more.
+	take := func(d Delivery) bool {
+		size := int64(len(d.Body))
+		if len(batch) > 0 && limit > 0 && bytes+size > limit {
+			s.pending = &d
+			return false
 		}
-		batch = make([]Delivery, 0, c.cfg.BatchSize)
-		batch = append(batch, s.wrap(d))
-	case <-s.lost:
-		return nil, false
-	case <-ctx.Done():
-		return nil, false
+		if batch == nil {
+			batch = make([]Delivery, 0, c.cfg.BatchSize)
+		}
+		batch = append(batch, d)
+		bytes += size
+		return len(batch) < c.cfg.BatchSize
 	}
-	if len(batch) == c.cfg.BatchSize {
-		return batch, true
+
+	deliveries := s.sub.deliveries
+	if d := s.pending; d != nil {
+		s.pending = nil
+		if !take(*d) {
+			return batch, more
+		}
+	} else {
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				return nil, drained
+			}
+			if !take(s.wrap(d)) {
+				return batch, more
+			}
+		case <-s.lost:
+			return nil, over
+		case <-ctx.Done():
+			return nil, over
+		}
 	}
 	t := time.NewTimer(c.cfg.BatchWait)
 	defer t.Stop()
-	for len(batch) < c.cfg.BatchSize {
+	for {
 		select {
-		case d, ok := <-s.deliveries:
+		case d, ok := <-deliveries:
 			if !ok {
-				return batch, false
+				return batch, drained
 			}
-			batch = append(batch, s.wrap(d))
+			if !take(s.wrap(d)) {
+				return batch, more
+			}
 		case <-t.C:
-			return batch, true
+			return batch, more
 		case <-s.lost:
 			// The channel is gone: these will be redelivered.
-			return nil, false
+			return nil, over
 		case <-ctx.Done():
-			return batch, false
+			return batch, over
 		}
 	}
-	return batch, true
+}
+
+func batchBytes(batch []Delivery) int64 {
+	var n int64
+	for _, d := range batch {
+		n += int64(len(d.Body))
+	}
+	return n
+}
+
+func (s *consumerSession) pendingBytes() int64 {
+	if s.pending == nil {
+		return 0
+	}
+	return int64(len(s.pending.Body))
 }
 
 // handle calls the handler until it succeeds, then settles the batch. While
@@ -472,7 +748,7 @@ func (c *Consumer) handle(ctx, hctx context.Context, s *consumerSession, batch [
 			level = slog.LevelWarn
 		}
 		c.log.Log(ctx, level, "batch handler failed; retrying the same batch",
-			"error", err.Error(), "size", len(batch), "attempt", attempt+1, "retry_in", d)
+			"error", err.Error(), "size", len(batch), "attempt", attempt+1, "retry_in", d.Round(time.Millisecond).String())
 		if !sleep(ctx, d, s.lost) {
 			if s.isLost() {
 				c.log.Info("dropping the failing batch: its channel closed and the broker will redeliver it", "size", len(batch))
@@ -531,6 +807,9 @@ func (c *Consumer) settle(s *consumerSession, batch []Delivery, disps []Disposit
 		return
 	}
 	s.settled = settled
+	if c.cfg.OnSettled != nil {
+		c.cfg.OnSettled(len(tags))
+	}
 	c.log.Debug("batch settled", "size", len(batch), "frames", len(ops))
 }
 

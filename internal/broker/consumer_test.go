@@ -23,7 +23,7 @@ func TestConsumerAcksBatchesAndEmptiesTheQueue(t *testing.T) {
 	rec := newRecorder()
 	var events connEvents
 	c, err := NewConsumer(ConsumerConfig{
-		URL: a.url, Queue: q, Prefetch: 20, BatchSize: 10, BatchWait: 20 * time.Millisecond,
+		URLs: []string{a.url}, Queue: q, Prefetch: 20, BatchSize: 10, BatchWait: 20 * time.Millisecond,
 		Logger: testLogger(t), OnConnection: events.on,
 	})
 	if err != nil {
@@ -79,7 +79,7 @@ func TestConsumerRejectRemovesWithoutRedelivery(t *testing.T) {
 		}
 		return Ack
 	}
-	c, err := NewConsumer(ConsumerConfig{URL: a.url, Queue: q, Prefetch: 8, Logger: testLogger(t)})
+	c, err := NewConsumer(ConsumerConfig{URLs: []string{a.url}, Queue: q, Prefetch: 8, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +102,9 @@ func TestConsumerRetriesTheSameBatchAfterTransientErrors(t *testing.T) {
 	a := newAdmin(t)
 	q := a.queue("q", true)
 	all := ids("m", 3)
-	a.publish(q, all...)
+	// A first delivery raises the consumer's prefetch from 1 (see
+	// window): afterwards the three messages arrive as one batch.
+	a.publish(q, "warm-up")
 
 	const failures = 3
 	var (
@@ -110,10 +112,15 @@ func TestConsumerRetriesTheSameBatchAfterTransientErrors(t *testing.T) {
 		calls       []time.Time
 		batches     [][]string
 		redelivered bool
+		warm        = make(chan struct{})
 	)
 	h := HandlerFunc(func(_ context.Context, batch []Delivery) ([]Disposition, error) {
 		mu.Lock()
 		defer mu.Unlock()
+		if batch[0].MessageID == "warm-up" {
+			close(warm)
+			return make([]Disposition, len(batch)), nil
+		}
 		calls = append(calls, time.Now())
 		var got []string
 		for _, d := range batch {
@@ -134,13 +141,19 @@ func TestConsumerRetriesTheSameBatchAfterTransientErrors(t *testing.T) {
 
 	backoff := Backoff{Min: 50 * time.Millisecond, Max: 400 * time.Millisecond, Jitter: 0.1}
 	c, err := NewConsumer(ConsumerConfig{
-		URL: a.url, Queue: q, Prefetch: 10, BatchWait: 50 * time.Millisecond,
+		URLs: []string{a.url}, Queue: q, Prefetch: 10, BatchWait: 50 * time.Millisecond,
 		Logger: testLogger(t), Backoff: backoff,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	stop := runConsumer(t, c, h)
+	select {
+	case <-warm:
+	case <-time.After(10 * time.Second):
+		t.Fatal("warm-up message not handled")
+	}
+	a.publish(q, all...)
 	waitFor(t, 5*time.Second, "a second attempt", func() bool { return ncalls() >= 2 })
 	if n := a.depth(q); n != 0 {
 		t.Errorf("while retrying, %d messages went back to the queue, want 0", n)
@@ -209,7 +222,7 @@ func TestConsumerShutdownSettlesTheBatchInFlight(t *testing.T) {
 		}
 		return make([]Disposition, len(batch)), nil
 	})
-	c, err := NewConsumer(ConsumerConfig{URL: a.url, Queue: q, Prefetch: 10, BatchSize: 1, Logger: testLogger(t)})
+	c, err := NewConsumer(ConsumerConfig{URLs: []string{a.url}, Queue: q, Prefetch: 10, BatchSize: 1, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -261,10 +274,14 @@ func TestConsumerReconnectsAfterTheConnectionIsCut(t *testing.T) {
 	rec := newRecorder()
 	inFlight := make(chan struct{})
 	var once sync.Once
+	var firstBatch []string
 	h := HandlerFunc(func(ctx context.Context, batch []Delivery) ([]Disposition, error) {
 		isFirst := false
 		once.Do(func() { isFirst = true })
 		if isFirst {
+			for _, d := range batch {
+				firstBatch = append(firstBatch, d.MessageID)
+			}
 			close(inFlight)
 			// Hold the batch until the loss is reported, then ack it:
 			// that settlement belongs to a dead channel and must be dropped.
@@ -281,7 +298,7 @@ func TestConsumerReconnectsAfterTheConnectionIsCut(t *testing.T) {
 		return rec.Handle(ctx, batch)
 	})
 	c, err := NewConsumer(ConsumerConfig{
-		URL: px.URL(t, a.url), Queue: q, Prefetch: 5, BatchSize: 5, BatchWait: 50 * time.Millisecond,
+		URLs: []string{px.URL(t, a.url)}, Queue: q, Prefetch: 5, BatchSize: 5, BatchWait: 50 * time.Millisecond,
 		Logger: testLogger(t), OnConnection: events.on, Backoff: fastBackoff,
 	})
 	if err != nil {
@@ -311,7 +328,10 @@ func TestConsumerReconnectsAfterTheConnectionIsCut(t *testing.T) {
 		t.Fatalf("Run returned %v, want nil", err)
 	}
 	rec.mu.Lock()
-	for _, id := range first {
+	if len(firstBatch) == 0 {
+		t.Error("no batch was in flight during the cut")
+	}
+	for _, id := range firstBatch {
 		if !rec.redelivered[id] {
 			t.Errorf("message %s of the batch in flight during the cut was not redelivered", id)
 		}
@@ -334,7 +354,7 @@ func TestConsumerRedeclaresTheQueueWhenTheBrokerCancelsIt(t *testing.T) {
 	var events connEvents
 	rec := newRecorder()
 	c, err := NewConsumer(ConsumerConfig{
-		URL: a.url, Queue: q, Prefetch: 5, Logger: testLogger(t), OnConnection: events.on, Backoff: fastBackoff,
+		URLs: []string{a.url}, Queue: q, Prefetch: 5, Logger: testLogger(t), OnConnection: events.on, Backoff: fastBackoff,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -357,11 +377,13 @@ func TestConsumerStopsWhenTheHandlerBreaksItsContract(t *testing.T) {
 	t.Parallel()
 	a := newAdmin(t)
 	q := a.queue("q", true)
-	a.publish(q, "m0", "m1")
+	// The first batch is one delivery (the consumer starts with a
+	// prefetch of 1); the next holds the other two.
+	a.publish(q, "m0", "m1", "m2")
 	h := HandlerFunc(func(context.Context, []Delivery) ([]Disposition, error) {
 		return []Disposition{Ack}, nil // one short whatever the batch size
 	})
-	c, err := NewConsumer(ConsumerConfig{URL: a.url, Queue: q, Prefetch: 2, BatchWait: 100 * time.Millisecond, Logger: testLogger(t)})
+	c, err := NewConsumer(ConsumerConfig{URLs: []string{a.url}, Queue: q, Prefetch: 2, BatchWait: 100 * time.Millisecond, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -388,22 +410,22 @@ func TestNewConsumerReportsEveryConfigProblem(t *testing.T) {
 	}{
 		{
 			name: "an unparsable URL does not leak its password",
-			cfg:  ConsumerConfig{URL: "amqp://user:" + secret + "@host:notaport/", Queue: "q", Prefetch: 1},
+			cfg:  ConsumerConfig{URLs: []string{"amqp://user:" + secret + "@host:notaport/"}, Queue: "q", Prefetch: 1},
 			want: []string{"broker URL"},
 		},
 		{
 			name: "a URL with another scheme is refused",
-			cfg:  ConsumerConfig{URL: "http://user:" + secret + "@host/", Queue: "q", Prefetch: 1},
+			cfg:  ConsumerConfig{URLs: []string{"http://user:" + secret + "@host/"}, Queue: "q", Prefetch: 1},
 			want: []string{"scheme"},
 		},
 		{
 			name: "every problem is reported together",
-			cfg:  ConsumerConfig{URL: "amqp://localhost/", Prefetch: 0, BatchSize: -1, Backoff: Backoff{Jitter: 2}},
+			cfg:  ConsumerConfig{URLs: []string{"amqp://localhost/"}, Prefetch: 0, BatchSize: -1, Backoff: Backoff{Jitter: 2}},
 			want: []string{"queue name is empty", "prefetch 0", "batch size -1", "jitter"},
 		},
 		{
 			name: "a batch larger than the prefetch is refused",
-			cfg:  ConsumerConfig{URL: "amqp://localhost/", Queue: "q", Prefetch: 5, BatchSize: 6},
+			cfg:  ConsumerConfig{URLs: []string{"amqp://localhost/"}, Queue: "q", Prefetch: 5, BatchSize: 6},
 			want: []string{"batch size 6"},
 		},
 	}
@@ -425,7 +447,7 @@ func TestNewConsumerReportsEveryConfigProblem(t *testing.T) {
 	}
 
 	t.Run("defaults fill in zero fields", func(t *testing.T) {
-		c, err := NewConsumer(ConsumerConfig{URL: "amqps://u:p@broker.example:5671/vh", Queue: "q", Prefetch: 50})
+		c, err := NewConsumer(ConsumerConfig{URLs: []string{"amqps://u:p@broker.example:5671/vh"}, Queue: "q", Prefetch: 50})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -435,8 +457,8 @@ func TestNewConsumerReportsEveryConfigProblem(t *testing.T) {
 		if c.cfg.Backoff != (Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.2}) {
 			t.Errorf("default backoff %+v", c.cfg.Backoff)
 		}
-		if strings.Contains(c.state.broker, ":p@") {
-			t.Errorf("logged broker URL %q shows the password", c.state.broker)
+		if got := c.dialer.nodes[0].redacted; strings.Contains(got, ":p@") {
+			t.Errorf("logged broker URL %q shows the password", got)
 		}
 	})
 }
@@ -547,7 +569,7 @@ func TestConsumerDropsAFailingBatchWhenItsChannelCloses(t *testing.T) {
 		return nil, errors.New("store unavailable")
 	})
 	c, err := NewConsumer(ConsumerConfig{
-		URL: px.URL(t, a.url), Queue: q, Prefetch: 1, Logger: testLogger(t),
+		URLs: []string{px.URL(t, a.url)}, Queue: q, Prefetch: 1, Logger: testLogger(t),
 		OnConnection: func(up bool) {
 			events.on(up)
 			mu.Lock()

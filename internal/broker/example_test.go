@@ -18,12 +18,12 @@ func Example() {
 	log := slog.New(slog.NewJSONHandler(os.Stderr, nil))
 	url := "amqp://guest:guest@127.0.0.1:5672/"
 
-	pub, err := broker.NewPublisher(broker.PublisherConfig{URL: url, Logger: log, Queues: []string{"audit_alerts"}})
+	pub, err := broker.NewPublisher(broker.PublisherConfig{URLs: []string{url}, Logger: log, Queues: []string{"audit_alerts"}})
 	if err != nil {
 		log.Error("publisher", "error", err)
 		return
 	}
-	con, err := broker.NewConsumer(broker.ConsumerConfig{URL: url, Logger: log, Queue: "audit_events", Prefetch: 200})
+	con, err := broker.NewConsumer(broker.ConsumerConfig{URLs: []string{url}, Logger: log, Queue: "audit_events", Prefetch: 200})
 	if err != nil {
 		log.Error("consumer", "error", err)
 		return

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/url"
+	"os/exec"
 	"slices"
 	"sync"
 	"testing"
@@ -277,4 +278,118 @@ func (r *recorder) total() int {
 		n += c
 	}
 	return n
+}
+
+// rabbitmqctl runs rabbitmqctl against the shared broker. Tests use it only
+// for additions of their own (a user, a virtual host) that they remove
+// afterwards; nothing shared is changed.
+func rabbitmqctl(t *testing.T, args ...string) {
+	t.Helper()
+	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
+		msg := "rabbitmqctl is not installed: " + err.Error()
+		if testenv.Required() {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "rabbitmqctl", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("rabbitmqctl %v: %v\n%s", args, err, out)
+	}
+}
+
+// tempVhost adds a virtual host of the test's own to the shared broker,
+// deleted when the test ends.
+func tempVhost(t *testing.T) string {
+	t.Helper()
+	vhost := testenv.Name(t, "vhost")
+	rabbitmqctl(t, "add_vhost", vhost)
+	t.Cleanup(func() { rabbitmqctl(t, "delete_vhost", vhost) })
+	return vhost
+}
+
+// tempUser adds a user of the test's own to the shared broker, deleted
+// when the test ends, and returns its name and password.
+func tempUser(t *testing.T) (user, password string) {
+	t.Helper()
+	user, password = testenv.Name(t, "user"), randomHex(12)
+	rabbitmqctl(t, "add_user", user, password)
+	t.Cleanup(func() { rabbitmqctl(t, "delete_user", user) })
+	return user, password
+}
+
+// urlFor returns the shared broker's URL with other credentials and
+// virtual host.
+func urlFor(t *testing.T, base, user, password, vhost string) string {
+	t.Helper()
+	u, err := url.Parse(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.User = url.UserPassword(user, password)
+	u.Path = "/" + vhost
+	u.RawPath = "/" + url.PathEscape(vhost)
+	return u.String()
+}
+
+// declareWith declares queue with args on a fresh channel.
+func (a *admin) declareWith(queue string, args amqp.Table) {
+	a.t.Helper()
+	err := a.withChannel(func(ch *amqp.Channel) error {
+		_, err := ch.QueueDeclare(queue, true, false, false, false, args)
+		return err
+	})
+	if err != nil {
+		a.t.Fatalf("declare %s with %v: %v", queue, args, err)
+	}
+}
+
+// hasArgs reports whether queue exists with exactly these arguments: the
+// broker accepts a non-passive declare only when they are equivalent.
+func (a *admin) hasArgs(queue string, args amqp.Table) error {
+	return a.withChannel(func(ch *amqp.Channel) error {
+		_, err := ch.QueueDeclare(queue, true, false, false, false, args)
+		return err
+	})
+}
+
+// publishBodies publishes bodies to queue, each with a message id of its
+// index.
+func (a *admin) publishBodies(queue string, bodies ...[]byte) {
+	a.t.Helper()
+	for i, b := range bodies {
+		err := a.ch.PublishWithContext(context.Background(), "", queue, false, false, amqp.Publishing{
+			MessageId: fmt.Sprint(i), DeliveryMode: amqp.Persistent, Body: b,
+		})
+		if err != nil {
+			a.t.Fatalf("publish: %v", err)
+		}
+	}
+}
+
+// returnUnacked takes every ready message of queue on a channel of its own
+// and closes the channel without settling them, so that the broker
+// delivers them again, as after a crash.
+func (a *admin) returnUnacked(queue string, n int) {
+	a.t.Helper()
+	err := a.withChannel(func(ch *amqp.Channel) error {
+		d, err := ch.Consume(queue, "", false, false, false, false, nil)
+		if err != nil {
+			return err
+		}
+		for range n {
+			select {
+			case <-d:
+			case <-time.After(10 * time.Second):
+				return fmt.Errorf("fewer than %d messages delivered", n)
+			}
+		}
+		return ch.Close()
+	})
+	if err != nil {
+		a.t.Fatalf("return unacked messages of %s: %v", queue, err)
+	}
+	waitFor(a.t, 10*time.Second, "messages back in the queue", func() bool { return a.depth(queue) == n })
 }

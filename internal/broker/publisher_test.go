@@ -35,7 +35,7 @@ func TestPublisherDeliversConfirmedPersistentMessages(t *testing.T) {
 	a := newAdmin(t)
 	q := a.queue("alerts", false) // the publisher declares it
 	var events connEvents
-	p := newTestPublisher(t, PublisherConfig{URL: a.url, Queues: []string{q}, OnConnection: events.on})
+	p := newTestPublisher(t, PublisherConfig{URLs: []string{a.url}, Queues: []string{q}, OnConnection: events.on})
 	stop := runPublisher(t, p)
 	waitFor(t, 10*time.Second, "connection", p.Connected)
 
@@ -89,7 +89,7 @@ func TestPublisherReportsUnroutableMessages(t *testing.T) {
 	a := newAdmin(t)
 	q := a.queue("alerts", true)
 	missing := a.queue("missing", false) // never declared
-	p := newTestPublisher(t, PublisherConfig{URL: a.url})
+	p := newTestPublisher(t, PublisherConfig{URLs: []string{a.url}})
 	runPublisher(t, p)
 	waitFor(t, 10*time.Second, "connection", p.Connected)
 
@@ -119,7 +119,7 @@ func TestPublisherReportsUnroutableMessages(t *testing.T) {
 
 func TestPublisherRefusesWhenNotReady(t *testing.T) {
 	t.Parallel()
-	p, err := NewPublisher(PublisherConfig{URL: "amqp://guest:guest@127.0.0.1:1/"})
+	p, err := NewPublisher(PublisherConfig{URLs: []string{"amqp://guest:guest@127.0.0.1:1/"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -143,7 +143,7 @@ func TestPublisherReopensItsChannelAfterAChannelError(t *testing.T) {
 	a := newAdmin(t)
 	q := a.queue("alerts", false)
 	var events connEvents
-	p := newTestPublisher(t, PublisherConfig{URL: a.url, Queues: []string{q}, OnConnection: events.on})
+	p := newTestPublisher(t, PublisherConfig{URLs: []string{a.url}, Queues: []string{q}, OnConnection: events.on})
 	runPublisher(t, p)
 	waitFor(t, 10*time.Second, "connection", p.Connected)
 
@@ -174,7 +174,7 @@ func TestPublisherReconnectsAfterTheConnectionIsCut(t *testing.T) {
 	q := a.queue("alerts", false)
 	px := testenv.StartProxy(t, brokerAddr(t, a.url))
 	var events connEvents
-	p := newTestPublisher(t, PublisherConfig{URL: px.URL(t, a.url), Queues: []string{q}, OnConnection: events.on})
+	p := newTestPublisher(t, PublisherConfig{URLs: []string{px.URL(t, a.url)}, Queues: []string{q}, OnConnection: events.on})
 	runPublisher(t, p)
 	waitFor(t, 10*time.Second, "connection", p.Connected)
 	if err := p.Publish(context.Background(), []Message{{Queue: q, MessageID: "before", Body: []byte("{}")}}); err != nil {
@@ -212,7 +212,7 @@ func TestPublisherTimesOutWhenConfirmsDoNotCome(t *testing.T) {
 	a := newAdmin(t)
 	q := a.queue("alerts", false)
 	px := testenv.StartProxy(t, brokerAddr(t, a.url))
-	p := newTestPublisher(t, PublisherConfig{URL: px.URL(t, a.url), Queues: []string{q}, ConfirmTimeout: 300 * time.Millisecond})
+	p := newTestPublisher(t, PublisherConfig{URLs: []string{px.URL(t, a.url)}, Queues: []string{q}, ConfirmTimeout: 300 * time.Millisecond})
 	runPublisher(t, p)
 	waitFor(t, 10*time.Second, "connection", p.Connected)
 
@@ -235,18 +235,18 @@ func TestPublisherFailsFastWhileBlocked(t *testing.T) {
 	t.Parallel()
 	a := newAdmin(t)
 	q := a.queue("alerts", false)
-	p := newTestPublisher(t, PublisherConfig{URL: a.url, Queues: []string{q}})
+	p := newTestPublisher(t, PublisherConfig{URLs: []string{a.url}, Queues: []string{q}})
 	runPublisher(t, p)
 	waitFor(t, 10*time.Second, "connection", p.Connected)
 
 	// What the watcher records on connection.blocked during a memory or
 	// disk alarm.
-	p.cur.Load().conn.blocked.Store(true)
+	p.cur.Load().conn.block.set(true, "low on memory")
 	msgs := []Message{{Queue: q, MessageID: "m", Body: []byte("{}")}}
 	if err := p.Publish(context.Background(), msgs); !errors.Is(err, ErrBlocked) {
 		t.Errorf("Publish while blocked returned %v, want ErrBlocked", err)
 	}
-	p.cur.Load().conn.blocked.Store(false)
+	p.cur.Load().conn.block.set(false, "")
 	if err := p.Publish(context.Background(), msgs); err != nil {
 		t.Errorf("Publish once unblocked: %v", err)
 	}
@@ -256,7 +256,7 @@ func TestPublisherIsSafeForConcurrentUse(t *testing.T) {
 	t.Parallel()
 	a := newAdmin(t)
 	q := a.queue("alerts", false)
-	p := newTestPublisher(t, PublisherConfig{URL: a.url, Queues: []string{q}})
+	p := newTestPublisher(t, PublisherConfig{URLs: []string{a.url}, Queues: []string{q}})
 	runPublisher(t, p)
 	waitFor(t, 10*time.Second, "connection", p.Connected)
 
@@ -287,7 +287,7 @@ func TestPublisherIsSafeForConcurrentUse(t *testing.T) {
 
 func TestNewPublisherReportsConfigProblems(t *testing.T) {
 	t.Parallel()
-	_, err := NewPublisher(PublisherConfig{URL: "amqp://u:hunter2@[::1", Queues: []string{""}, ConfirmTimeout: -1})
+	_, err := NewPublisher(PublisherConfig{URLs: []string{"amqp://u:hunter2@[::1"}, Queues: []string{""}, ConfirmTimeout: -1})
 	if err == nil {
 		t.Fatal("NewPublisher succeeded, want an error")
 	}
@@ -305,7 +305,7 @@ func TestPublisherDeclaresADeletedQueueAgain(t *testing.T) {
 	t.Parallel()
 	a := newAdmin(t)
 	q := a.queue("alerts", false)
-	p := newTestPublisher(t, PublisherConfig{URL: a.url, Queues: []string{q}})
+	p := newTestPublisher(t, PublisherConfig{URLs: []string{a.url}, Queues: []string{q}})
 	runPublisher(t, p)
 	waitFor(t, 10*time.Second, "connection", p.Connected)
 

@@ -14,6 +14,20 @@ type Status struct {
 	RabbitMQConnected bool
 	RedisConnected    bool
 	ConsumerAlive     bool
+	// RabbitMQError describes an error that retrying alone will not fix
+	// (refused credentials, a missing virtual host, a missing permission,
+	// a failed TLS verification), with what to fix; "" when there is none.
+	RabbitMQError string
+	// RabbitMQBlocked is the broker's reason for blocking the publisher's
+	// connection (a memory or disk alarm); "" while it is not blocked.
+	RabbitMQBlocked string
+}
+
+// Healthy reports whether the service can do its work: both broker
+// connections and Redis are up, the consumer loop runs, and the broker is
+// not blocking publishes.
+func (s Status) Healthy() bool {
+	return s.RabbitMQConnected && s.RedisConnected && s.ConsumerAlive && s.RabbitMQBlocked == ""
 }
 
 // Checker reports the current Status. It is called on every probe, so it
@@ -50,9 +64,9 @@ type RuleLister interface {
 }
 
 // NewAppHandler serves the application port: /healthz and /readyz (healthy
-// only when RabbitMQ, Redis and the consumer are all up), /livez (alive while
-// the consumer runs), and, when they are not nil, /rules and /metrics. Each
-// path answers GET and HEAD; other methods get 405 and unknown paths 404.
+// only when Status.Healthy), /livez (alive while the consumer runs), and,
+// when they are not nil, /rules and /metrics. Each path answers GET and
+// HEAD; other methods get 405 and unknown paths 404.
 func NewAppHandler(c Checker, rules RuleLister, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
 	health := healthHandler(c)
@@ -96,12 +110,15 @@ func NewServer(addr string, h http.Handler) *http.Server {
 const maxHeaderBytes = 16 << 10
 
 // healthBody has the fields the Python service answered with, so probes
-// and dashboards written against it keep working.
+// and dashboards written against it keep working, and two more that appear
+// only when they have something to say.
 type healthBody struct {
 	Status            string `json:"status"`
 	RabbitMQConnected bool   `json:"rabbitmq_connected"`
 	RedisConnected    bool   `json:"redis_connected"`
 	ConsumerAlive     bool   `json:"consumer_thread_alive"`
+	RabbitMQError     string `json:"rabbitmq_error,omitempty"`
+	RabbitMQBlocked   string `json:"rabbitmq_blocked,omitempty"`
 }
 
 func healthHandler(c Checker) http.Handler {
@@ -112,9 +129,11 @@ func healthHandler(c Checker) http.Handler {
 			RabbitMQConnected: s.RabbitMQConnected,
 			RedisConnected:    s.RedisConnected,
 			ConsumerAlive:     s.ConsumerAlive,
+			RabbitMQError:     s.RabbitMQError,
+			RabbitMQBlocked:   s.RabbitMQBlocked,
 		}
 		code := http.StatusOK
-		if !s.RabbitMQConnected || !s.RedisConnected || !s.ConsumerAlive {
+		if !s.Healthy() {
 			body.Status, code = "unhealthy", http.StatusServiceUnavailable
 		}
 		writeJSON(w, code, body)

@@ -25,6 +25,9 @@ var (
 	redisDown = Status{RabbitMQConnected: true, RedisConnected: false, ConsumerAlive: true}
 	mqDown    = Status{RabbitMQConnected: false, RedisConnected: true, ConsumerAlive: true}
 	allDown   = Status{}
+	refused   = Status{RedisConnected: true, ConsumerAlive: true,
+		RabbitMQError: "authentication_failed: username or password not allowed (check RABBITMQ_USER)"}
+	blocked = Status{RabbitMQConnected: true, RedisConnected: true, ConsumerAlive: true, RabbitMQBlocked: "low on memory"}
 )
 
 func TestAppHandler(t *testing.T) {
@@ -49,6 +52,14 @@ func TestAppHandler(t *testing.T) {
 			`{"status":"healthy","rabbitmq_connected":true,"redis_connected":true,"consumer_thread_alive":true}`},
 		{"readyz is not ready when RabbitMQ is down", mqDown, "GET", "/readyz", 503,
 			`{"status":"unhealthy","rabbitmq_connected":false,"redis_connected":true,"consumer_thread_alive":true}`},
+		{"healthz says why the broker refuses the service", refused, "GET", "/healthz", 503,
+			`{"status":"unhealthy","rabbitmq_connected":false,"redis_connected":true,"consumer_thread_alive":true,` +
+				`"rabbitmq_error":"authentication_failed: username or password not allowed (check RABBITMQ_USER)"}`},
+		{"healthz is unhealthy while the broker blocks publishing", blocked, "GET", "/healthz", 503,
+			`{"status":"unhealthy","rabbitmq_connected":true,"redis_connected":true,"consumer_thread_alive":true,"rabbitmq_blocked":"low on memory"}`},
+		{"readyz is not ready while the broker blocks publishing", blocked, "GET", "/readyz", 503,
+			`{"status":"unhealthy","rabbitmq_connected":true,"redis_connected":true,"consumer_thread_alive":true,"rabbitmq_blocked":"low on memory"}`},
+		{"livez stays alive while the broker blocks publishing", blocked, "GET", "/livez", 200, `{"status":"alive"}`},
 		{"livez is alive when everything is up", allUp, "GET", "/livez", 200, `{"status":"alive"}`},
 		{"livez stays alive through a Redis outage", redisDown, "GET", "/livez", 200, `{"status":"alive"}`},
 		{"livez stays alive through a RabbitMQ outage", mqDown, "GET", "/livez", 200, `{"status":"alive"}`},
