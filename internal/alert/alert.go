@@ -49,11 +49,32 @@ type Alert struct {
 	RawEventData      json.RawMessage  `json:"raw_event_data"`
 	Metadata          Metadata         `json:"metadata"`
 
-	// Threshold alerts only.
+	// Stateful rules' alerts only: thresholds and sequences have a window
+	// and a suppressed count, new-value rules neither.
 	Window          *Window           `json:"window,omitempty"`
 	Group           map[string]string `json:"group,omitempty"`
 	EventIDs        []string          `json:"event_ids,omitempty"`
 	SuppressedSince *int              `json:"suppressed_count,omitempty"`
+	// Sequence alerts only.
+	Steps []Step `json:"steps,omitempty"`
+	// New-value alerts only.
+	NewValue *NewValue `json:"new_value,omitempty"`
+}
+
+// Step is one step of a sequence alert: how many events satisfied it, and
+// the first and last of their times.
+type Step struct {
+	Step  int    `json:"step"`
+	Count int    `json:"count"`
+	First string `json:"first"`
+	Last  string `json:"last"`
+}
+
+// NewValue is what a new-value alert saw: the value (of each field, for a
+// combination) and how many values the group knows, this one included.
+type NewValue struct {
+	Values map[string]string `json:"values"`
+	Known  int               `json:"known_values"`
 }
 
 // AnalysisRule names the rule that fired.
@@ -104,18 +125,31 @@ type Rule struct {
 	Remediation, PlaybookURL       string
 }
 
-// Burst is what a threshold rule contributes: the group and its window.
+// Burst is what a stateful rule contributes: the group and its window.
 type Burst struct {
 	// GroupKey identifies the group (rule shape and values) for the id.
-	GroupKey     string
-	Group        map[string]string
-	Start, End   time.Time
-	Window       time.Duration
-	Count        int
-	Threshold    int
+	GroupKey   string
+	Group      map[string]string
+	Start, End time.Time
+	Window     time.Duration
+	Count      int
+	Threshold  int
+	// FirstEventID and LastEventID are the window's first and last
+	// events: with the rule and group they identify the alert.
 	FirstEventID string
+	LastEventID  string
 	EventIDs     []string
 	Suppressed   int
+	// Steps is set for a sequence, NewValue for a new-value rule (which
+	// has no window).
+	Steps    []StepTimes
+	NewValue *NewValue
+}
+
+// StepTimes is one step of a sequence.
+type StepTimes struct {
+	Count       int
+	First, Last time.Time
 }
 
 // Input is everything an alert is built from.
@@ -167,25 +201,36 @@ func Build(in Input) Alert {
 		a.ImpactedResource.ResourceID = a.ImpactedResource.ServerHostname
 	}
 	if b := in.Burst; b != nil {
-		a.Window = &Window{
-			Start:     b.Start.UTC().Format(time.RFC3339Nano),
-			End:       b.End.UTC().Format(time.RFC3339Nano),
-			Seconds:   b.Window.Seconds(),
-			Count:     b.Count,
-			Threshold: b.Threshold,
-		}
 		a.Group = b.Group
 		a.EventIDs = b.EventIDs
-		n := b.Suppressed
-		a.SuppressedSince = &n
+		if b.NewValue != nil {
+			nv := *b.NewValue
+			a.NewValue = &nv
+		} else {
+			a.Window = &Window{
+				Start:     b.Start.UTC().Format(time.RFC3339Nano),
+				End:       b.End.UTC().Format(time.RFC3339Nano),
+				Seconds:   b.Window.Seconds(),
+				Count:     b.Count,
+				Threshold: b.Threshold,
+			}
+			n := b.Suppressed
+			a.SuppressedSince = &n
+		}
+		for i, st := range b.Steps {
+			a.Steps = append(a.Steps, Step{
+				Step: i + 1, Count: st.Count,
+				First: st.First.UTC().Format(time.RFC3339Nano), Last: st.Last.UTC().Format(time.RFC3339Nano),
+			})
+		}
 	}
 	fit(&a)
 	return a
 }
 
-// ID is the alert id: a version 5 UUID of the rule and the burst's group
-// and first event, or of the rule and the event for rules without a
-// threshold. The same events give the same id, so a redelivered event that
+// ID is the alert id: a version 5 UUID of the rule and the window's group
+// and first and last events, or of the rule and the event for stateless
+// rules. The same events give the same id, so a redelivered event that
 // fires again is dropped by the notification service's primary key.
 func ID(ruleID string, b *Burst, ev *event.Event) string {
 	var buf bytes.Buffer
@@ -196,6 +241,8 @@ func ID(ruleID string, b *Burst, ev *event.Event) string {
 		buf.WriteString(b.GroupKey)
 		buf.WriteByte(0)
 		buf.WriteString(b.FirstEventID)
+		buf.WriteByte(0)
+		buf.WriteString(b.LastEventID)
 	} else {
 		buf.WriteString(ev.Key)
 	}
@@ -393,6 +440,13 @@ func fit(a *Alert) {
 			ids[i] = clean(id)
 		}
 		a.EventIDs = ids
+	}
+	if a.NewValue != nil {
+		values := make(map[string]string, len(a.NewValue.Values))
+		for k, v := range a.NewValue.Values {
+			values[Shorten(k, LimitText)] = Shorten(v, LimitText)
+		}
+		a.NewValue.Values = values
 	}
 }
 

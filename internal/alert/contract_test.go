@@ -442,6 +442,22 @@ func TestAlertsFitTheNotificationServicesTable(t *testing.T) {
 		cases = append(cases, replayed(t, "sample events", set, lines)...)
 	}
 	cases = append(cases, replayed(t, "generated events", set, generatedEventLines(t))...)
+	// The example rules add sequence and new-value alerts.
+	examples, err := rules.LoadFile(filepath.Join("..", "..", "rules", "examples.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	withExamples := replayed(t, "generated and hostile events, example rules", examples,
+		append(append(generatedEventLines(t), hostileReplayLines()...), hostileSequenceLines()...))
+	kinds := map[string]bool{}
+	for _, c := range withExamples {
+		kinds["sequence"] = kinds["sequence"] || c.alert.Steps != nil
+		kinds["new_value"] = kinds["new_value"] || c.alert.NewValue != nil
+	}
+	if !kinds["sequence"] || !kinds["new_value"] {
+		t.Fatalf("the example rules raised no sequence or no new-value alert (%v): the input misses a case", kinds)
+	}
+	cases = append(cases, withExamples...)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -749,6 +765,34 @@ func hostileReplayLines() []string {
 
 // sampleFileLines returns the lines of testdata/sample-events.jsonl, or
 // nil while that file does not exist.
+// hostileSequenceLines are brute forces that succeed and logins of a
+// privileged account from new addresses, with the identities no producer
+// should send.
+func hostileSequenceLines() []string {
+	var lines []string
+	identities := []struct{ user, host, ip string }{
+		{huge, huge, "203.0.113.7"},
+		{"bob\x00", "web\x0001", "N/A"},
+		{"用户ü😀" + huge, "сервер-01", "fe80::1%eth0"},
+	}
+	n := 0
+	line := func(ts, result, user, host, ip string) {
+		n++
+		lines = append(lines, fmt.Sprintf(`{"event_id": "s%d", "timestamp": %q, "event_type": "user_login", "action_result": %q, "user_id": %s, "server_hostname": %s, "client_ip": %s}`,
+			n, ts, result, q(user), q(host), q(ip)))
+	}
+	for i, id := range identities {
+		for j := range 4 {
+			line(fmt.Sprintf("2026-11-02T10:%02d:%02dZ", i, j*5), "FAILURE", id.user, id.host, id.ip)
+		}
+		line(fmt.Sprintf("2026-11-02T10:%02d:30Z", i), "SUCCESS", id.user, id.host, id.ip)
+	}
+	for day, ip := range []string{"10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.1", "10.0.0.1", "::ffff:10.0.0.9\u0000", "10.0.0.9"} {
+		line(fmt.Sprintf("2026-11-%02dT12:00:00Z", 3+day), "SUCCESS", "root", "web-01", ip)
+	}
+	return lines
+}
+
 func sampleFileLines(t *testing.T) []string {
 	t.Helper()
 	name := filepath.Join("..", "..", "testdata", "sample-events.jsonl")

@@ -46,6 +46,8 @@ type metrics struct {
 	queueMessages *prometheus.GaugeVec
 	eventLag      prometheus.Histogram
 	inflightBytes prometheus.Gauge
+
+	newValueEvictions *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -65,12 +67,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 		alerts: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "audit_analysis_alerts_total",
-			Help: "Alerts published and confirmed by the broker, by rule category (alert_type) and severity.",
+			Help: "Alerts published to the alert queue and confirmed by the broker, by rule category (alert_type) and severity; rules in shadow mode are not counted here.",
 		}, []string{"alert_type", "severity"}),
 		ruleAlerts: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "audit_analysis_rule_alerts_total",
-			Help: "Alerts published and confirmed by the broker, by rule id.",
-		}, []string{"rule_id"}),
+			Help: "Alerts raised, by rule id and mode: live alerts published to the alert queue and confirmed, shadow alerts published to the shadow queue (when set) or only logged.",
+		}, []string{"rule_id", "mode"}),
 		consumerStatus: f.NewGauge(prometheus.GaugeOpts{
 			Name: "audit_analysis_rabbitmq_consumer_connection_status",
 			Help: "1 when the consumer's RabbitMQ connection is up, else 0.",
@@ -170,6 +172,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "audit_analysis_inflight_bytes",
 			Help: "Bytes of message bodies being handled (bounded by MAX_INFLIGHT_BYTES).",
 		}),
+
+		newValueEvictions: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "audit_analysis_new_value_evictions_total",
+			Help: "Values new-value rules forgot, least recently seen first, to keep a group within max_values: such a value alerts again when seen next.",
+		}, []string{"rule_id"}),
 	}
 	// Series exist from the start, so rate() and absent() work before the
 	// first failure.

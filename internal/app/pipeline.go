@@ -55,6 +55,9 @@ type pipeline struct {
 	// rejectLog keeps a flood of bad messages from flooding the log too;
 	// the metric still counts every one.
 	rejectLog logLimit
+	// shadowQueue receives the alerts of rules in shadow mode; "" means
+	// they are only counted and logged.
+	shadowQueue string
 }
 
 // logLimit allows a burst of log lines per interval and counts the rest,
@@ -286,12 +289,19 @@ func (p *pipeline) messages(batch []broker.Delivery, rejected []rejection, out r
 	disps := make([]broker.Disposition, len(batch))
 	msgs := make([]broker.Message, 0, len(out.Alerts)+len(rejected))
 	for _, f := range out.Alerts {
+		queue := p.alertQueue
+		if f.Rule.Mode == rules.Shadow {
+			// A rule on trial never pages anyone.
+			if queue = p.shadowQueue; queue == "" {
+				continue
+			}
+		}
 		body, err := alert.Marshal(f.Alert)
 		if err != nil {
 			return nil, nil, err
 		}
 		msgs = append(msgs, broker.Message{
-			Queue:       p.alertQueue,
+			Queue:       queue,
 			Body:        body,
 			MessageID:   f.Alert.AlertID,
 			ContentType: "application/json",
@@ -321,6 +331,9 @@ func (p *pipeline) record(batch []broker.Delivery, dec decoded, out rules.Output
 	for id, n := range out.Suppressed {
 		p.metrics.suppressed.WithLabelValues(id).Add(float64(n))
 	}
+	for id, n := range out.Evicted {
+		p.metrics.newValueEvictions.WithLabelValues(id).Add(float64(n))
+	}
 	for _, ev := range dec.events {
 		if !ev.Timestamp.IsZero() {
 			p.metrics.eventLag.Observe(max(end.Sub(ev.Timestamp).Seconds(), 0))
@@ -332,16 +345,23 @@ func (p *pipeline) record(batch []broker.Delivery, dec decoded, out rules.Output
 }
 
 func (p *pipeline) recordAlerts(fired []rules.Fired, now time.Time) {
+	live := 0
 	for _, f := range fired {
 		a := f.Alert
-		p.metrics.alerts.WithLabelValues(f.Rule.Category, a.Severity).Inc()
-		p.metrics.ruleAlerts.WithLabelValues(f.Rule.ID()).Inc()
-		p.logger.Info("alert published",
-			"alert_id", a.AlertID, "rule_id", a.AnalysisRule.RuleID, "severity", a.Severity,
+		p.metrics.ruleAlerts.WithLabelValues(f.Rule.ID(), string(f.Rule.Mode)).Inc()
+		msg := "alert published"
+		if f.Rule.Mode == rules.Shadow {
+			msg = "shadow alert"
+		} else {
+			live++
+			p.metrics.alerts.WithLabelValues(f.Rule.Category, a.Severity).Inc()
+		}
+		p.logger.Info(msg,
+			"alert_id", a.AlertID, "rule_id", a.AnalysisRule.RuleID, "mode", string(f.Rule.Mode), "severity", a.Severity,
 			"actor_id", a.TriggeredBy.ActorID, "server_hostname", a.ImpactedResource.ServerHostname,
 			"correlation_id", a.CorrelationID)
 	}
-	if len(fired) > 0 {
+	if live > 0 {
 		p.metrics.lastAlertUnixSec.Set(float64(now.Unix()))
 	}
 }

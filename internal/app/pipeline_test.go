@@ -223,6 +223,58 @@ func TestPipelineDeadLettersTheOneDeliveryWhoseHandlingPanics(t *testing.T) {
 	}
 }
 
+func TestPipelineSendsShadowAlertsOnlyToTheShadowQueue(t *testing.T) {
+	t.Parallel()
+	set, err := rules.Parse("shadow.yaml", []byte(`
+rules:
+  - id: LIVE
+    severity: HIGH
+    match: {event_type: file_modified}
+  - id: TRIAL
+    severity: HIGH
+    mode: shadow
+    match: {event_type: file_modified}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, shadowQueue := range []string{"shadow", ""} {
+		t.Run("shadow queue "+fmt.Sprintf("%q", shadowQueue), func(t *testing.T) {
+			t.Parallel()
+			pub := &fakePublisher{}
+			p, m := newTestPipeline(t, pub, "")
+			p.engine = rules.NewEngine(state.NewMemory(), set, rules.Options{})
+			p.shadowQueue = shadowQueue
+			if _, err := p.Handle(context.Background(), deliveries(shadowEdit)); err != nil {
+				t.Fatal(err)
+			}
+			var queues []string
+			for _, batch := range pub.got {
+				for _, msg := range batch {
+					queues = append(queues, msg.Queue)
+				}
+			}
+			want := []string{"alerts"}
+			if shadowQueue != "" {
+				want = append(want, shadowQueue)
+			}
+			if !slices.Equal(queues, want) {
+				t.Errorf("published to %v, want %v", queues, want)
+			}
+			for _, c := range []struct {
+				rule, mode string
+			}{{"LIVE", "live"}, {"TRIAL", "shadow"}} {
+				if got := testutil.ToFloat64(m.ruleAlerts.WithLabelValues(c.rule, c.mode)); got != 1 {
+					t.Errorf("rule_alerts_total{rule_id=%q,mode=%q} = %v, want 1", c.rule, c.mode, got)
+				}
+			}
+			if got := testutil.ToFloat64(m.alerts.WithLabelValues("TRIAL", "HIGH")); got != 0 {
+				t.Errorf("the shadow rule's alert counts as a published alert: %v", got)
+			}
+		})
+	}
+}
+
 func TestPipelineDeadLettersADeliveryPastTheDeliveryLimitUnread(t *testing.T) {
 	t.Parallel()
 	pub := &fakePublisher{}

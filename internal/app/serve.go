@@ -134,8 +134,8 @@ func newServer(cfg config.Config, env Env, logger *slog.Logger, undo *cleanups) 
 		return nil, err
 	}
 	engine := rules.NewEngine(store, set, rules.Options{
-		Environment:  cfg.Environment,
-		MaxClockSkew: cfg.MaxClockSkew,
+		Environment: cfg.Environment,
+		Clock:       rules.ArrivalClock{MaxSkew: cfg.MaxClockSkew},
 	})
 	s.reloader = &reloader{engine: engine, detection: cfg.Detection, paths: cfg.RulesFiles, metrics: s.metrics, logger: rulesLogger}
 	s.reloader.publish(set)
@@ -155,6 +155,7 @@ func newServer(cfg config.Config, env Env, logger *slog.Logger, undo *cleanups) 
 		now:             time.Now,
 		onStoreFailure:  s.redisWatch.failed,
 	}
+	s.pipeline.shadowQueue = cfg.RabbitMQShadowQueue
 	metricsHandler := promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})
 	s.appSrv = httpapi.NewServer(s.appLn.Addr().String(), httpapi.NewAppHandler(s.health, ruleLister{engine}, metricsHandler))
 	s.promSrv = httpapi.NewServer(s.promLn.Addr().String(), httpapi.NewMetricsHandler(metricsHandler))
@@ -194,6 +195,9 @@ func (s *server) newBrokerClients() error {
 	queues := []string{cfg.RabbitMQAlertQueue}
 	if cfg.RabbitMQDeadLetterQueue != "" {
 		queues = append(queues, cfg.RabbitMQDeadLetterQueue)
+	}
+	if cfg.RabbitMQShadowQueue != "" {
+		queues = append(queues, cfg.RabbitMQShadowQueue)
 	}
 	countError := func(reason string) { m.brokerErrors.WithLabelValues(reason).Inc() }
 	var err error

@@ -690,23 +690,50 @@ func TestServiceAndReplayProduceTheSameAlerts(t *testing.T) {
 	t.Parallel()
 	redisAddr := testenv.RedisAddr(t)
 	env := serviceEnv(t, redisAddr)
+	// The built-in and the example rules together: thresholds, distinct
+	// thresholds, sequences and new-value rules.
+	rulesFile := filepath.Join(t.TempDir(), "rules.yaml")
+	defaults, err := os.ReadFile("../../rules/default.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	examples, err := os.ReadFile("../../rules/examples.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, exampleRules, _ := bytes.Cut(examples, []byte("\nrules:\n"))
+	if err := os.WriteFile(rulesFile, append(append(defaults, '\n'), exampleRules...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env["RULES_FILE"] = rulesFile
 	s := startService(t, env)
 	t.Cleanup(func() { deleteKeys(t, redisAddr, s.prefix) })
 	checkSameAlertsAsReplay(t, s)
 }
 
-// checkSameAlertsAsReplay publishes the sample events to s and requires the
-// alerts replay raises from the same file, and the malformed lines
-// dead-lettered.
+// checkSameAlertsAsReplay publishes events to s and requires the alerts
+// replay raises from the same file with the same rules, and the malformed
+// lines dead-lettered. The events are the sample's, after sequences and
+// first-seen values for the example rules in October.
 func checkSameAlertsAsReplay(t *testing.T, s *service) {
 	t.Helper()
-	data, err := os.ReadFile("../../testdata/sample-events.jsonl")
+	sample, err := os.ReadFile("../../testdata/sample-events.jsonl")
 	if err != nil {
 		t.Fatal(err)
 	}
+	data := append(sequencesAndNewValues(), sample...)
+	input := filepath.Join(t.TempDir(), "events.jsonl")
+	if err := os.WriteFile(input, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"audit-log-analysis", "replay", "--quiet", input}
+	rulesFile := s.env["RULES_FILE"]
+	if rulesFile != "" {
+		args = []string{"audit-log-analysis", "replay", "--quiet", "--rules", rulesFile, input}
+	}
 	var replayed bytes.Buffer
 	err = Main(context.Background(), Env{
-		Args:   []string{"audit-log-analysis", "replay", "--quiet", "../../testdata/sample-events.jsonl"},
+		Args:   args,
 		Getenv: func(k string) string { return map[string]string{"ENVIRONMENT": "TEST"}[k] },
 		Stdin:  strings.NewReader(""), Stdout: &replayed, Stderr: io.Discard,
 	})
@@ -714,15 +741,29 @@ func checkSameAlertsAsReplay(t *testing.T, s *service) {
 		t.Fatal(err)
 	}
 	want := map[string]map[string]any{}
+	kinds := map[string]int{}
 	for _, line := range bytes.Split(bytes.TrimSpace(replayed.Bytes()), []byte("\n")) {
 		var a map[string]any
 		if err := json.Unmarshal(line, &a); err != nil {
 			t.Fatal(err)
 		}
 		want[a["alert_id"].(string)] = a
+		switch {
+		case a["steps"] != nil:
+			kinds["sequence"]++
+		case a["new_value"] != nil:
+			kinds["new_value"]++
+		case a["window"] != nil:
+			kinds["threshold"]++
+		default:
+			kinds["stateless"]++
+		}
 	}
 	if len(want) == 0 {
 		t.Fatal("replay produced no alerts")
+	}
+	if rulesFile != "" {
+		checkPlanted(t, want, kinds)
 	}
 
 	publish(t, s.queue, bytes.Split(bytes.TrimSpace(data), []byte("\n"))...)
@@ -751,6 +792,76 @@ func checkSameAlertsAsReplay(t *testing.T, s *service) {
 	if n := len(collect(t, s.deadQueue, 3, time.Second, 30*time.Second)); n != 3 {
 		t.Errorf("dead letters = %d, want the 3 malformed lines", n)
 	}
+}
+
+// checkPlanted requires every kind of alert among those replay raised, and
+// exactly the alerts planted by sequencesAndNewValues.
+func checkPlanted(t *testing.T, want map[string]map[string]any, kinds map[string]int) {
+	t.Helper()
+	for _, k := range []string{"sequence", "new_value", "threshold", "stateless"} {
+		if kinds[k] == 0 {
+			t.Fatalf("replay raised no %s alert (%v): the input misses a case", k, kinds)
+		}
+	}
+	planted := map[string]int{}
+	for _, a := range want {
+		rule := a["analysis_rule"].(map[string]any)["rule_id"].(string)
+		actor := a["triggered_by"].(map[string]any)["actor_id"].(string)
+		if strings.HasPrefix(actor, "seq-") || actor == "root" || actor == "svc-report" {
+			planted[rule+" "+actor]++
+		}
+	}
+	if wantPlanted := map[string]int{
+		"EX-AUTH-010 seq-a": 1, "EX-AUTH-010 seq-b": 1, "EX-PRIV-010 seq-d": 1, "EX-FILE-001 seq-d": 1,
+		"EX-AUTH-020 root": 1, "EX-AUTH-021 svc-report": 1, "EX-AUTH-005 svc-report": 10,
+	}; !maps.Equal(planted, wantPlanted) {
+		t.Errorf("replay raised %v for the planted sequences and first-seen values, want %v", planted, wantPlanted)
+	}
+}
+
+// sequencesAndNewValues are events for the example sequence and new-value
+// rules, in October 2026, some delivered out of order.
+func sequencesAndNewValues() []byte {
+	var b bytes.Buffer
+	n := 900000
+	at := func(day int, sec float64) string {
+		return time.Date(2026, 10, 1+day, 8, 0, 0, 0, time.UTC).Add(time.Duration(sec * float64(time.Second))).Format(time.RFC3339Nano)
+	}
+	login := func(ts, result, user, host, ip string) {
+		n++
+		b.Write(ev(uuidFor(n), ts, "user_login", result, user, host, map[string]any{"ip_address": ip, "protocol": "ssh"}))
+		b.WriteByte('\n')
+	}
+	// Brute force then success, in order; out of order; one failure short.
+	for i := range 4 {
+		login(at(0, float64(i*40)), "FAILURE", "seq-a", "prod-web-09", "10.20.0.1")
+	}
+	login(at(0, 170), "SUCCESS", "seq-a", "prod-web-09", "10.20.0.1")
+	login(at(0, 400), "SUCCESS", "seq-b", "prod-web-09", "10.20.0.2")
+	for _, i := range []int{2, 0, 3, 1} {
+		login(at(0, 200+float64(i*40)), "Failure", "seq-b", "prod-web-09", "10.20.0.2")
+	}
+	for i := range 3 {
+		login(at(0, 600+float64(i*40)), "FAILURE", "seq-c", "prod-web-09", "10.20.0.3")
+	}
+	login(at(0, 780), "SUCCESS", "seq-c", "prod-web-09", "10.20.0.3")
+	// A sudoers change, then sudo by the same user.
+	n++
+	b.Write(ev(uuidFor(n), at(0, 900), "file_modified", "MODIFIED", "seq-d", "prod-web-09", map[string]any{"resource": "/etc/sudoers.d/90-seq"}))
+	b.WriteByte('\n')
+	n++
+	b.Write(ev(uuidFor(n), at(0, 960), "process_started", "STARTED", "seq-d", "prod-web-09", map[string]any{"command": "/usr/bin/sudo -i"}))
+	b.WriteByte('\n')
+	// A privileged account and a service account learn for a week, then
+	// see a new address (and a mapped old one) and a new host.
+	for day := range 9 {
+		login(at(day, 1200), "SUCCESS", "root", "prod-db-09", "10.30.0.1")
+		login(at(day, 1300), "SUCCESS", "svc-report", "prod-db-09", "10.30.0.9")
+	}
+	login(at(8, 1400), "SUCCESS", "root", "prod-db-09", "::ffff:10.30.0.1")
+	login(at(8, 1500), "SUCCESS", "root", "prod-db-09", "10.30.0.2")
+	login(at(8, 1600), "SUCCESS", "svc-report", "prod-db-10", "10.30.0.9")
+	return b.Bytes()
 }
 
 func TestServiceRidesOutARabbitMQOutage(t *testing.T) {

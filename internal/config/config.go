@@ -41,7 +41,11 @@ type Config struct {
 	// processed. Empty means dead-lettering is off and such deliveries are
 	// rejected without requeue.
 	RabbitMQDeadLetterQueue string
-	RabbitMQPrefetch        int
+	// RabbitMQShadowQueue receives the alerts of rules in shadow mode.
+	// Empty (the default, or "none") means they are only counted and
+	// logged; they never go to the alert queue.
+	RabbitMQShadowQueue string
+	RabbitMQPrefetch    int
 	// MaxInflightBytes bounds the bodies of the deliveries being handled
 	// at once: a batch closes early when it reaches it.
 	MaxInflightBytes int64
@@ -160,6 +164,7 @@ func Load(getenv func(string) string) (Config, error) {
 		LogFormat:        l.oneOf("LOG_FORMAT", defaultLogFormat, "json", "text"),
 	}
 	c.RabbitMQDeadLetterQueue = l.deadLetterQueue(c.RabbitMQQueue)
+	c.RabbitMQShadowQueue = l.shadowQueue()
 
 	// Cross-checks, reported only when both sides are valid on their own.
 	if !l.failed("RABBITMQ_QUEUE") && !l.failed("RABBITMQ_ALERT_QUEUE") && c.RabbitMQAlertQueue == c.RabbitMQQueue {
@@ -168,6 +173,10 @@ func Load(getenv func(string) string) (Config, error) {
 	if dlq := c.RabbitMQDeadLetterQueue; dlq != "" && !l.failed("RABBITMQ_DEAD_LETTER_QUEUE") &&
 		(dlq == c.RabbitMQQueue || dlq == c.RabbitMQAlertQueue) {
 		l.fail("RABBITMQ_DEAD_LETTER_QUEUE", "%q must differ from RABBITMQ_QUEUE and RABBITMQ_ALERT_QUEUE", dlq)
+	}
+	if sq := c.RabbitMQShadowQueue; sq != "" && !l.failed("RABBITMQ_SHADOW_QUEUE") &&
+		(sq == c.RabbitMQQueue || sq == c.RabbitMQAlertQueue || sq == c.RabbitMQDeadLetterQueue) {
+		l.fail("RABBITMQ_SHADOW_QUEUE", "%q must differ from RABBITMQ_QUEUE, RABBITMQ_ALERT_QUEUE and RABBITMQ_DEAD_LETTER_QUEUE", sq)
 	}
 	if !c.RabbitMQTLS.IsZero() && !l.failed("RABBITMQ_URLS") && !l.failed("RABBITMQ_URL") {
 		for _, u := range c.RabbitMQURLs {
@@ -214,6 +223,7 @@ func (c Config) LogValue() slog.Value {
 		slog.String("rabbitmq_queue", c.RabbitMQQueue),
 		slog.String("rabbitmq_alert_queue", c.RabbitMQAlertQueue),
 		slog.String("rabbitmq_dead_letter_queue", c.RabbitMQDeadLetterQueue),
+		slog.String("rabbitmq_shadow_queue", c.RabbitMQShadowQueue),
 		slog.String("rabbitmq_queue_type", c.RabbitMQQueueType),
 		slog.Int("rabbitmq_max_deliveries", c.RabbitMQMaxDeliveries),
 		slog.Any("rabbitmq_tls", c.RabbitMQTLS),
@@ -436,6 +446,17 @@ func (l *loader) deadLetterQueue(queue string) string {
 		return ""
 	case "":
 		q = queue + deadLetterSuffix
+	}
+	l.checkQueue(name, q)
+	return q
+}
+
+// shadowQueue reads RABBITMQ_SHADOW_QUEUE: none by default.
+func (l *loader) shadowQueue() string {
+	const name = "RABBITMQ_SHADOW_QUEUE"
+	q := l.getenv(name)
+	if q == "" || q == noDeadLetterQueue {
+		return ""
 	}
 	l.checkQueue(name, q)
 	return q

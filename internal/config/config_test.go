@@ -78,6 +78,9 @@ func TestLoadReadsEveryVariable(t *testing.T) {
 			func(c *Config) { c.RabbitMQDeadLetterQueue = "dlq" }},
 		{"none turns dead-lettering off", map[string]string{"RABBITMQ_DEAD_LETTER_QUEUE": "none"},
 			func(c *Config) { c.RabbitMQDeadLetterQueue = "" }},
+		{"the shadow queue is set", map[string]string{"RABBITMQ_SHADOW_QUEUE": "shadow_alerts"},
+			func(c *Config) { c.RabbitMQShadowQueue = "shadow_alerts" }},
+		{"none is no shadow queue", map[string]string{"RABBITMQ_SHADOW_QUEUE": "none"}, func(c *Config) {}},
 		{"prefetch is set", map[string]string{"RABBITMQ_PREFETCH": "65535"}, func(c *Config) { c.RabbitMQPrefetch = 65535 }},
 		{"Redis is built from its parts", map[string]string{
 			"REDIS_HOST": "cache", "REDIS_PORT": "6380", "REDIS_PASSWORD": "pw", "REDIS_DB": "2"},
@@ -188,6 +191,7 @@ func TestLoadRejectsInvalidValues(t *testing.T) {
 		{"a queue name too long for AMQP", map[string]string{"RABBITMQ_ALERT_QUEUE": strings.Repeat("q", 256)}, "RABBITMQ_ALERT_QUEUE: queue name is longer than 255 bytes"},
 		{"a default dead-letter queue name too long", map[string]string{"RABBITMQ_QUEUE": strings.Repeat("q", 250)}, "RABBITMQ_DEAD_LETTER_QUEUE: queue name is longer"},
 		{"alerts published to the event queue", map[string]string{"RABBITMQ_ALERT_QUEUE": "audit_events"}, `RABBITMQ_ALERT_QUEUE: "audit_events" is also RABBITMQ_QUEUE`},
+		{"shadow alerts sent to the alert queue", map[string]string{"RABBITMQ_SHADOW_QUEUE": "audit_alerts"}, `RABBITMQ_SHADOW_QUEUE: "audit_alerts" must differ`},
 		{"dead letters sent to the alert queue", map[string]string{"RABBITMQ_DEAD_LETTER_QUEUE": "audit_alerts"}, `RABBITMQ_DEAD_LETTER_QUEUE: "audit_alerts" must differ`},
 		{"a host with a port in it", map[string]string{"RABBITMQ_HOST": "mq:5672"}, `RABBITMQ_HOST: "mq:5672" is not a host name or IP address`},
 		{"a host with a path in it", map[string]string{"REDIS_HOST": "cache/0"}, `REDIS_HOST: "cache/0" is not a host name`},

@@ -8,9 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"path"
-	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -199,51 +197,6 @@ func decodeString(raw []byte) (string, error) {
 		return "", errors.New("want a string")
 	}
 	return unquote(raw), nil
-}
-
-func decodeTimestamp(raw []byte) (time.Time, error) {
-	if len(raw) > 0 && raw[0] != '"' {
-		// A number is taken as Unix seconds (with a fraction), the other
-		// common way producers write time.
-		f, err := strconv.ParseFloat(string(raw), 64)
-		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f > 1e11 {
-			return time.Time{}, errors.New("want an RFC 3339 string or Unix seconds")
-		}
-		sec, frac := math.Modf(f)
-		return time.Unix(int64(sec), int64(frac*1e9)).UTC(), nil
-	}
-	s, err := decodeString(raw)
-	if err != nil {
-		return time.Time{}, err
-	}
-	return ParseTimestamp(s)
-}
-
-// timestampLayouts are tried in order after RFC 3339. Times without a zone
-// are UTC, as Python's naive isoformat() output is in practice.
-var timestampLayouts = []string{
-	"2006-01-02T15:04:05.999999999",
-	"2006-01-02 15:04:05.999999999Z07:00",
-	"2006-01-02 15:04:05.999999999",
-}
-
-// ParseTimestamp reads RFC 3339 (with or without a fraction, Z or an
-// offset), the same without a zone (UTC), with a space for the T, and the
-// Python service's "+00:00Z".
-func ParseTimestamp(s string) (time.Time, error) {
-	s = strings.TrimSpace(s)
-	if strings.HasSuffix(s, "+00:00Z") {
-		s = strings.TrimSuffix(s, "Z")
-	}
-	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
-		return t.UTC(), nil
-	}
-	for _, layout := range timestampLayouts {
-		if t, err := time.Parse(layout, s); err == nil {
-			return t.UTC(), nil
-		}
-	}
-	return time.Time{}, fmt.Errorf("timestamp %q is not RFC 3339", truncate(s, 64))
 }
 
 func truncate(s string, n int) string {

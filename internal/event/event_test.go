@@ -3,6 +3,7 @@ package event
 import (
 	"encoding/json"
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -129,12 +130,29 @@ func TestParseTimestamp(t *testing.T) {
 		want time.Time
 	}{
 		{"2026-11-28T21:04:05Z", base},
+		{"2026-11-28T21:04:05z", base},
 		{"2026-11-28T21:04:05.123456Z", base.Add(123456 * time.Microsecond)},
 		{"2026-11-28T22:04:05+01:00", base},
 		{"2026-11-28T21:04:05.5-00:30", base.Add(30*time.Minute + 500*time.Millisecond)},
 		{"2026-11-28T21:04:05+00:00Z", base},
 		{"2026-11-28T21:04:05.123456", base.Add(123456 * time.Microsecond)},
 		{"2026-11-28 21:04:05", base},
+		// Offsets without a colon (Python's %z) and hours only.
+		{"2026-11-28T23:04:05+0200", base},
+		{"2026-11-28T16:04:05-05", base},
+		{"2026-11-28T16:04:05.25-0500", base.Add(250 * time.Millisecond)},
+		{"2026-11-28T23:04:05.000001+02", base.Add(time.Microsecond)},
+		// A lowercase t or a space between date and time.
+		{"2026-11-28t21:04:05Z", base},
+		{"2026-11-28 23:04:05+02:00", base},
+		{"2026-11-28 23:04:05 +0200", base},
+		// Fractions of any length; past nanoseconds the digits are dropped.
+		{"2026-11-28T21:04:05.1Z", base.Add(100 * time.Millisecond)},
+		{"2026-11-28T21:04:05.123456789Z", base.Add(123456789)},
+		{"2026-11-28T21:04:05.1234567891234Z", base.Add(123456789)},
+		{"2026-11-28T21:04:05,5Z", base.Add(500 * time.Millisecond)},
+		{"  2026-11-28T21:04:05Z  ", base},
+		{"2024-02-29T00:00:00Z", time.Date(2024, 2, 29, 0, 0, 0, 0, time.UTC)},
 	}
 	for _, tc := range tests {
 		got, err := ParseTimestamp(tc.in)
@@ -142,9 +160,34 @@ func TestParseTimestamp(t *testing.T) {
 			t.Errorf("ParseTimestamp(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
 		}
 	}
-	for _, bad := range []string{"", "yesterday", "2026-13-01T00:00:00Z", "28/11/2026"} {
-		if _, err := ParseTimestamp(bad); err == nil {
-			t.Errorf("ParseTimestamp(%q) succeeded, want an error", bad)
+	for _, bad := range []string{
+		"", "yesterday", "2026-13-01T00:00:00Z", "28/11/2026", "2026-11-28",
+		"2026-11-28T21:04Z", "2026-11-28T21:04:05.Z", "2026-11-28T21:04:05+2",
+		"2026-11-28T21:04:05+02:0", "2026-11-28T21:04:05+24:00", "2026-11-28T21:04:05+02:60",
+		"2026-11-28T24:00:00Z", "2026-11-28T21:60:00Z", "2026-11-28T21:04:61Z",
+		"2026-02-29T00:00:00Z", "2026-04-31T00:00:00Z", "2026-11-28X21:04:05Z",
+		"2026-11-28T21:04:05ZZ", "2026-11-28T21:04:05+01:00Z", "2026-11-28T21:04:05 Z x",
+		"2026-11-28T21:04:05UTC", "+2026-11-28T21:04:05Z", "2026-11-28T21:04:05+02:00:00",
+	} {
+		if got, err := ParseTimestamp(bad); err == nil {
+			t.Errorf("ParseTimestamp(%q) = %v, want an error", bad, got)
+		}
+	}
+}
+
+// TestParseTimestampAgreesWithTimeParse checks the hand-written scanner
+// against the standard library on every form both read.
+func TestParseTimestampAgreesWithTimeParse(t *testing.T) {
+	t.Parallel()
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 20000 {
+		want := time.Unix(rng.Int64N(1<<33), rng.Int64N(1e9)).UTC()
+		off := time.Duration(rng.IntN(47*4)-(47*4)/2) * 15 * time.Minute
+		zone := time.FixedZone("", int(off.Seconds()))
+		in := want.In(zone).Format(time.RFC3339Nano)
+		got, err := ParseTimestamp(in)
+		if err != nil || !got.Equal(want) {
+			t.Fatalf("ParseTimestamp(%q) = %v, %v; want %v", in, got, err, want)
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/audit-platform/audit-log-analysis/internal/alert"
+	"github.com/audit-platform/audit-log-analysis/internal/event"
 	"github.com/audit-platform/audit-log-analysis/internal/rules"
 	rulefiles "github.com/audit-platform/audit-log-analysis/rules"
 )
@@ -36,12 +37,20 @@ import (
 //	    suppressed: 0
 //	    resource: /etc/shadow
 //	    correlation_id: ...
+//	    trigger: e3               # the event_id of the event that raised it
+//	    event_ids: [e1, e2, e3]   # the alert's event_ids, as event_id values
+//	    steps: [4, 1]             # a sequence's events per step
+//	    new_value: {client_ip: 203.0.113.9}
+//	    known_values: 3
 type Fixture struct {
 	Name       string           `yaml:"name"`
 	Rules      string           `yaml:"rules"`
 	Events     []map[string]any `yaml:"events"`
 	EventsFile string           `yaml:"events_file"`
 	Expect     []Expectation    `yaml:"expect"`
+	// ids maps the idempotency key of each event replayed to the event_id
+	// it was written with (see eventIDs).
+	ids map[string]string
 }
 
 // Expectation describes one expected alert; fields left out are not checked.
@@ -52,6 +61,12 @@ type Expectation struct {
 	Suppressed    *int              `yaml:"suppressed"`
 	Resource      *string           `yaml:"resource"`
 	CorrelationID *string           `yaml:"correlation_id"`
+	// Trigger and EventIDs name events by their event_id.
+	Trigger     *string           `yaml:"trigger"`
+	EventIDs    []string          `yaml:"event_ids"`
+	Steps       []int             `yaml:"steps"`
+	NewValue    map[string]string `yaml:"new_value"`
+	KnownValues *int              `yaml:"known_values"`
 }
 
 // RunFixtures runs every *.yaml fixture under dir and reports to w. It
@@ -110,11 +125,39 @@ func runFixture(ctx context.Context, file string) (string, []string) {
 		}
 		got = append(got, a)
 	}
-	problems := compare(fx.Expect, got)
+	problems := compare(fx.Expect, got, fx.ids)
 	if len(problems) > 0 {
-		problems = append(problems, sideBySide(fx.Expect, got)...)
+		problems = append(problems, sideBySide(fx.Expect, got, fx.ids)...)
 	}
 	return fx.Name, problems
+}
+
+// eventIDs maps the idempotency key of every event in input to the
+// event_id it was given (or "line N" when it has none), so that fixtures
+// can name events as they wrote them.
+func eventIDs(input []byte) map[string]string {
+	ids := map[string]string{}
+	for i, line := range bytes.Split(input, []byte("\n")) {
+		ev, err := event.Decode(line, event.MaxBodyBytes)
+		if err != nil {
+			continue
+		}
+		if _, dup := ids[ev.Key]; dup {
+			continue
+		}
+		if ids[ev.Key] = ev.ID; ev.ID == "" {
+			ids[ev.Key] = fmt.Sprintf("line %d", i+1)
+		}
+	}
+	return ids
+}
+
+// eventName is the name eventIDs gives the event with key k.
+func eventName(ids map[string]string, k string) string {
+	if id, ok := ids[k]; ok {
+		return id
+	}
+	return k
 }
 
 // replayFixture reads a fixture and replays its events; out holds the
@@ -154,6 +197,7 @@ func replayFixture(ctx context.Context, file string) (fx Fixture, out []byte, er
 		input.Write(b)
 		input.WriteByte('\n')
 	}
+	fx.ids = eventIDs(input.Bytes())
 	var buf bytes.Buffer
 	// The service's default clock skew, so fixtures see what it sees.
 	opts := Options{Rules: set, Environment: "TEST", MaxClockSkew: 5 * time.Minute}
@@ -170,7 +214,7 @@ func fixtureRules(file, rel string) (*rules.Set, error) {
 	return rules.LoadFile(filepath.Join(filepath.Dir(file), rel))
 }
 
-func compare(want []Expectation, got []alert.Alert) []string {
+func compare(want []Expectation, got []alert.Alert, ids map[string]string) []string {
 	var problems []string
 	for i := 0; i < max(len(want), len(got)); i++ {
 		switch {
@@ -205,6 +249,29 @@ func compare(want []Expectation, got []alert.Alert) []string {
 		if w.CorrelationID != nil && g.CorrelationID != *w.CorrelationID {
 			diffs = append(diffs, fmt.Sprintf("correlation_id %s, want %s", g.CorrelationID, *w.CorrelationID))
 		}
+		if trigger := eventName(ids, g.CorrelationID); w.Trigger != nil && trigger != *w.Trigger {
+			diffs = append(diffs, fmt.Sprintf("trigger %s, want %s", trigger, *w.Trigger))
+		}
+		if gotIDs := eventNames(ids, g.EventIDs); w.EventIDs != nil && !slices.Equal(gotIDs, w.EventIDs) {
+			diffs = append(diffs, fmt.Sprintf("event_ids %v, want %v", gotIDs, w.EventIDs))
+		}
+		if counts := stepCounts(g); w.Steps != nil && !slices.Equal(counts, w.Steps) {
+			diffs = append(diffs, fmt.Sprintf("steps %v, want %v", counts, w.Steps))
+		}
+		if w.NewValue != nil && (g.NewValue == nil || !maps.Equal(g.NewValue.Values, w.NewValue)) {
+			got := "none"
+			if g.NewValue != nil {
+				got = formatGroup(g.NewValue.Values)
+			}
+			diffs = append(diffs, fmt.Sprintf("new_value %s, want %s", got, formatGroup(w.NewValue)))
+		}
+		if w.KnownValues != nil && (g.NewValue == nil || g.NewValue.Known != *w.KnownValues) {
+			known := "none"
+			if g.NewValue != nil {
+				known = fmt.Sprint(g.NewValue.Known)
+			}
+			diffs = append(diffs, fmt.Sprintf("known_values %s, want %d", known, *w.KnownValues))
+		}
 		if len(diffs) > 0 {
 			problems = append(problems, fmt.Sprintf("alert %d: %s", i+1, strings.Join(diffs, "; ")))
 		}
@@ -223,6 +290,22 @@ func describe(e Expectation) string {
 		s += " {" + strings.Join(parts, ", ") + "}"
 	}
 	return s
+}
+
+func eventNames(ids map[string]string, keys []string) []string {
+	var out []string
+	for _, k := range keys {
+		out = append(out, eventName(ids, k))
+	}
+	return out
+}
+
+func stepCounts(a alert.Alert) []int {
+	var counts []int
+	for _, st := range a.Steps {
+		counts = append(counts, st.Count)
+	}
+	return counts
 }
 
 func windowCount(a alert.Alert) string {

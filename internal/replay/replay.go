@@ -62,7 +62,10 @@ type Summary struct {
 	Rejected   map[event.Reason]int
 	Alerts     map[string]int
 	Suppressed map[string]int
-	Clamped    int
+	// Evicted counts the values new-value rules forgot to stay within
+	// their capacity.
+	Evicted map[string]int
+	Clamped int
 	// InvalidTimestamps counts events counted at arrival time because
 	// their timestamp could not be read.
 	InvalidTimestamps int
@@ -82,16 +85,16 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 	if opts.MaxReports <= 0 {
 		opts.MaxReports = 100
 	}
-	sum := Summary{Rejected: map[event.Reason]int{}, Alerts: map[string]int{}, Suppressed: map[string]int{}}
+	sum := Summary{Rejected: map[event.Reason]int{}, Alerts: map[string]int{}, Suppressed: map[string]int{}, Evicted: map[string]int{}}
 	for _, r := range opts.Rules.Rules {
 		if r.Enabled {
 			sum.Rules = append(sum.Rules, r.ID())
 		}
 	}
+	clock := rules.NewReplayClock(opts.MaxClockSkew)
 	engine := rules.NewEngine(state.NewMemory(), opts.Rules, rules.Options{
-		Environment:  opts.Environment,
-		MaxClockSkew: opts.MaxClockSkew,
-		EventClock:   true,
+		Environment: opts.Environment,
+		Clock:       clock,
 	})
 	w := bufio.NewWriterSize(out, 64<<10)
 	reports := 0
@@ -105,24 +108,44 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 			fmt.Fprintf(opts.Report, "(further skipped lines are counted, not listed)\n")
 		}
 	}
-	batch := make([]*event.Event, 0, opts.BatchSize)
+	// The clock stamps an event once it knows what follows (see
+	// rules.ReplayClock): events wait in pending until then. Input with
+	// no readable time at all counts at the time the replay started.
+	pending := make([]*event.Event, 0, opts.BatchSize+1)
 	var record func(rules.Output) error
-	flush := func() error {
-		if len(batch) == 0 {
+	process := func(n int) error {
+		if n == 0 {
 			return nil
 		}
-		res, err := engine.Process(ctx, batch, time.Time{})
+		res, err := engine.Process(ctx, pending[:n], start)
 		if err != nil {
 			return err
 		}
-		batch = batch[:0]
+		clear(pending[copy(pending, pending[n:]):])
+		pending = pending[:len(pending)-n]
 		return record(res)
+	}
+	flush := func() error {
+		// Asked once a batch has gathered, and again every batch's worth
+		// while the clock waits for a first readable time.
+		if len(pending) <= opts.BatchSize || (len(pending)-1)%opts.BatchSize != 0 {
+			return nil
+		}
+		n := min(clock.Ready(pending), opts.BatchSize)
+		if n == 0 && len(pending) >= maxUntimed {
+			n = len(pending)
+		}
+		clock.Follow(pending[n:])
+		return process(n)
 	}
 	record = func(res rules.Output) error {
 		sum.Clamped += res.Clamped
 		sum.InvalidTimestamps += res.InvalidTimestamps
 		for id, n := range res.Suppressed {
 			sum.Suppressed[id] += n
+		}
+		for id, n := range res.Evicted {
+			sum.Evicted[id] += n
 		}
 		for _, f := range res.Alerts {
 			b, err := json.Marshal(f.Alert)
@@ -183,11 +206,9 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 				report(l.input, l.number, l.err)
 			default:
 				sum.Events++
-				batch = append(batch, l.event)
-				if len(batch) == cap(batch) {
-					if err := flush(); err != nil {
-						return sum, err
-					}
+				pending = append(pending, l.event)
+				if err := flush(); err != nil {
+					return sum, err
 				}
 			}
 		}
@@ -199,16 +220,13 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 	if err := <-readErr; err != nil {
 		return sum, err
 	}
-	if err := flush(); err != nil {
-		return sum, err
-	}
-	// The engine holds the last event until it knows the next one.
-	res, err := engine.Flush(ctx)
-	if err != nil {
-		return sum, err
-	}
-	if err := record(res); err != nil {
-		return sum, err
+	// The input has ended: nothing more can follow the events waiting.
+	for len(pending) > 0 {
+		n := min(len(pending), opts.BatchSize)
+		clock.Follow(pending[n:])
+		if err := process(n); err != nil {
+			return sum, err
+		}
 	}
 	sum.Elapsed = time.Since(start)
 	return sum, w.Flush()
@@ -216,6 +234,10 @@ func Run(ctx context.Context, inputs []Input, out io.Writer, opts Options) (Summ
 
 // chunkLines is how many lines travel together between the goroutines.
 const chunkLines = 512
+
+// maxUntimed is how many events replay holds back waiting for the first
+// readable time before it gives up and counts them at its start time.
+const maxUntimed = 1 << 14
 
 // chunk is a run of input lines, decoded by a worker; done is closed when
 // it has been.
@@ -348,6 +370,9 @@ func (s Summary) WriteSummary(w io.Writer) {
 	}
 	if s.InvalidTimestamps > 0 {
 		notes = append(notes, fmt.Sprintf("%d unreadable timestamps counted at arrival time", s.InvalidTimestamps))
+	}
+	for _, id := range slices.Sorted(maps.Keys(s.Evicted)) {
+		notes = append(notes, fmt.Sprintf("%s forgot %d least recently seen values to stay within max_values", id, s.Evicted[id]))
 	}
 	if len(notes) > 0 {
 		fmt.Fprintf(w, "  note: %s\n", strings.Join(notes, "; "))

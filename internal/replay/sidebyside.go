@@ -15,13 +15,14 @@ import (
 
 // expectationKeys are the keys of an expected alert, in the order a
 // fixture writes them.
-var expectationKeys = []string{"rule", "group", "count", "suppressed", "resource", "correlation_id"}
+var expectationKeys = []string{"rule", "group", "count", "suppressed", "resource", "correlation_id",
+	"trigger", "event_ids", "steps", "new_value", "known_values"}
 
 // sideBySide renders the expected and the received alerts of a failed
 // fixture as YAML in two columns, key by key, marking with "≠" the rows
 // that differ. A received alert shows the keys its expectation checks (all
 // of them when nothing was expected at its place).
-func sideBySide(want []Expectation, got []alert.Alert) []string {
+func sideBySide(want []Expectation, got []alert.Alert, ids map[string]string) []string {
 	const gap = 2
 	type row struct {
 		left, right []string
@@ -34,7 +35,7 @@ func sideBySide(want []Expectation, got []alert.Alert) []string {
 			w = expectationFields(want[i])
 		}
 		if i < len(got) {
-			g = alertFields(got[i])
+			g = alertFields(got[i], ids)
 		}
 		first := true
 		for _, key := range expectationKeys {
@@ -132,11 +133,38 @@ func expectationFields(e Expectation) map[string]any {
 	if e.CorrelationID != nil {
 		m["correlation_id"] = *e.CorrelationID
 	}
+	if e.Trigger != nil {
+		m["trigger"] = *e.Trigger
+	}
+	if e.EventIDs != nil {
+		m["event_ids"] = e.EventIDs
+	}
+	if e.Steps != nil {
+		m["steps"] = e.Steps
+	}
+	if e.NewValue != nil {
+		m["new_value"] = e.NewValue
+	}
+	if e.KnownValues != nil {
+		m["known_values"] = *e.KnownValues
+	}
 	return m
 }
 
-func alertFields(a alert.Alert) map[string]any {
+func alertFields(a alert.Alert, ids map[string]string) map[string]any {
 	m := map[string]any{"rule": a.AnalysisRule.RuleID, "resource": a.ImpactedResource.ResourceID, "correlation_id": a.CorrelationID}
+	if ids != nil {
+		// Events named as the fixture wrote them.
+		m["trigger"] = eventName(ids, a.CorrelationID)
+		m["event_ids"] = eventNames(ids, a.EventIDs)
+	}
+	if a.Steps != nil {
+		m["steps"] = stepCounts(a)
+	}
+	if a.NewValue != nil {
+		m["new_value"] = a.NewValue.Values
+		m["known_values"] = a.NewValue.Known
+	}
 	if a.Group != nil {
 		m["group"] = a.Group
 	}

@@ -25,7 +25,7 @@ func TestAFailedFixtureShowsExpectedAndReceivedAlertsSideBySide(t *testing.T) {
 		"                      ≠   resource: /etc/shadow",
 		"                      ≠   correlation_id: c1",
 	}
-	if out := sideBySide(want, got); strings.Join(out, "\n") != strings.Join(wantLines, "\n") {
+	if out := sideBySide(want, got, nil); strings.Join(out, "\n") != strings.Join(wantLines, "\n") {
 		t.Errorf("sideBySide =\n%s\nwant\n%s", strings.Join(out, "\n"), strings.Join(wantLines, "\n"))
 	}
 }

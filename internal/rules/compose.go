@@ -291,10 +291,16 @@ func Diff(old, cur *Set) Change {
 }
 
 // Kind names what a rule does with its matches: "threshold" counts them
-// per group over a window, "match" alerts on every one.
+// per group over a window, "sequence" looks for its steps in order,
+// "new_value" for values a group has not seen, "match" alerts on every one.
 func (r *Rule) Kind() string {
-	if r.Threshold != nil {
+	switch {
+	case r.Threshold != nil:
 		return "threshold"
+	case r.Sequence != nil:
+		return "sequence"
+	case r.NewValue != nil:
+		return "new_value"
 	}
 	return "match"
 }

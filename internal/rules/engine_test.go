@@ -31,25 +31,22 @@ func failure(t *testing.T, id string, sec float64, user, host string) *event.Eve
 	return decode(t, fmt.Sprintf(`{"event_id":%q,"timestamp":%q,"event_type":"user_login","action_result":"FAILURE","user_id":%q,"server_hostname":%q}`, id, ts, user, host))
 }
 
-// process runs a batch; with EventClock it also flushes the event the
-// engine holds back, so each call sees all of its events processed.
+// process runs a batch.
 func process(t *testing.T, e *Engine, now time.Time, evs ...*event.Event) Output {
 	t.Helper()
 	out, err := e.Process(context.Background(), evs, now)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rest, err := e.Flush(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	out.Add(rest)
 	return out
 }
 
+// replayClock is the clock replay uses.
+func replayClock() Options { return Options{Clock: NewReplayClock(5 * time.Minute)} }
+
 func TestEngineAlertsOncePerBurst(t *testing.T) {
 	t.Parallel()
-	e := NewEngine(state.NewMemory(), builtIn(t), Options{Environment: "TEST", MaxClockSkew: 5 * time.Minute})
+	e := NewEngine(state.NewMemory(), builtIn(t), Options{Environment: "TEST", Clock: ArrivalClock{MaxSkew: 5 * time.Minute}})
 	now := t0.Add(time.Hour)
 	var alerts []Fired
 	for i, sec := range []float64{0, 10, 20, 30} {
@@ -88,7 +85,7 @@ func TestEngineAlertsOncePerBurst(t *testing.T) {
 func TestEngineAlertIDsAreDeterministicAndRedeliverySafe(t *testing.T) {
 	t.Parallel()
 	run := func() []string {
-		e := NewEngine(state.NewMemory(), builtIn(t), Options{EventClock: true})
+		e := NewEngine(state.NewMemory(), builtIn(t), replayClock())
 		var ids []string
 		for i, sec := range []float64{0, 10, 20} {
 			for _, f := range process(t, e, time.Time{}, failure(t, fmt.Sprint("e", i), sec, "bob", "web-01")).Alerts {
@@ -116,7 +113,7 @@ func TestEngineAlertIDsAreDeterministicAndRedeliverySafe(t *testing.T) {
 
 func TestEngineGroupsDoNotCollide(t *testing.T) {
 	t.Parallel()
-	e := NewEngine(state.NewMemory(), builtIn(t), Options{EventClock: true})
+	e := NewEngine(state.NewMemory(), builtIn(t), replayClock())
 	// User "a:b" on host "c" and user "a" on host "b:c" share the Python
 	// service's key failed_logins_zset:a:b:c.
 	out := process(t, e, time.Time{},
@@ -129,7 +126,7 @@ func TestEngineGroupsDoNotCollide(t *testing.T) {
 
 func TestEngineClampsFutureTimestamps(t *testing.T) {
 	t.Parallel()
-	e := NewEngine(state.NewMemory(), builtIn(t), Options{MaxClockSkew: 5 * time.Minute})
+	e := NewEngine(state.NewMemory(), builtIn(t), Options{Clock: ArrivalClock{MaxSkew: 5 * time.Minute}})
 	now := t0
 	// A host whose clock is a day ahead must not hide its burst: clamped
 	// to arrival time, its events fall in one window.
@@ -149,7 +146,7 @@ func TestEngineClampsFutureTimestamps(t *testing.T) {
 
 func TestEngineEventClockCountsMissingTimestampsAtTheNewestTimeSeen(t *testing.T) {
 	t.Parallel()
-	e := NewEngine(state.NewMemory(), builtIn(t), Options{EventClock: true, MaxClockSkew: 5 * time.Minute})
+	e := NewEngine(state.NewMemory(), builtIn(t), replayClock())
 	noTime := decode(t, `{"event_id":"x","event_type":"user_login","action_result":"FAILURE","user_id":"bob","server_hostname":"web-01"}`)
 	out := process(t, e, time.Time{}, failure(t, "1", 0, "bob", "web-01"), failure(t, "2", 30, "bob", "web-01"), noTime)
 	if len(out.Alerts) != 1 || out.Alerts[0].Alert.Window.End != "2026-11-01T10:00:30Z" {
@@ -160,7 +157,7 @@ func TestEngineEventClockCountsMissingTimestampsAtTheNewestTimeSeen(t *testing.T
 func TestEngineReloadKeepsStateOfUnchangedRules(t *testing.T) {
 	t.Parallel()
 	set := builtIn(t)
-	e := NewEngine(state.NewMemory(), set, Options{EventClock: true})
+	e := NewEngine(state.NewMemory(), set, replayClock())
 	process(t, e, time.Time{}, failure(t, "1", 0, "bob", "web-01"), failure(t, "2", 1, "bob", "web-01"))
 
 	// Same id, group-by and window (only the count changes): the two
@@ -196,7 +193,7 @@ func TestEngineReportsStoreFailuresAndProducesNothing(t *testing.T) {
 
 func TestEngineEventClockTellsAQuietSpellFromAWrongClock(t *testing.T) {
 	t.Parallel()
-	e := NewEngine(state.NewMemory(), builtIn(t), Options{EventClock: true, MaxClockSkew: 5 * time.Minute})
+	e := NewEngine(state.NewMemory(), builtIn(t), replayClock())
 	// A burst, ten quiet minutes, another burst: the second is not a wrong
 	// clock, it alerts, with its own times.
 	var evs []*event.Event
@@ -213,7 +210,7 @@ func TestEngineEventClockTellsAQuietSpellFromAWrongClock(t *testing.T) {
 
 	// One host a day ahead among others on time: its events are clamped to
 	// the replay clock, so its burst is still one burst.
-	e = NewEngine(state.NewMemory(), builtIn(t), Options{EventClock: true, MaxClockSkew: 5 * time.Minute})
+	e = NewEngine(state.NewMemory(), builtIn(t), replayClock())
 	evs = evs[:0]
 	for i := range 3 {
 		evs = append(evs,
@@ -236,7 +233,7 @@ rules:
     match: {event_type: user_login, action_result: FAILURE}
     threshold: {count: 3, window: 10m, group_by: [client_ip], distinct: user_id}
 `)
-	e := NewEngine(state.NewMemory(), set, Options{EventClock: true})
+	e := NewEngine(state.NewMemory(), set, replayClock())
 	mk := func(id, user string, sec int) *event.Event {
 		return decode(t, fmt.Sprintf(`{"event_id":%q,"timestamp":%q,"event_type":"user_login","action_result":"FAILURE","user_id":%q,"client_ip":"203.0.113.9"}`,
 			id, t0.Add(time.Duration(sec)*time.Second).Format(time.RFC3339), user))

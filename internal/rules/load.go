@@ -11,11 +11,28 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/audit-platform/audit-log-analysis/internal/state"
 )
 
-// MaxWindow bounds a threshold window or suppression period: state is kept
-// for about two windows, so a window of days would keep a lot.
+// MaxWindow bounds a threshold or sequence window or suppression period:
+// state is kept for about two windows, so a window of days would keep a
+// lot.
 const MaxWindow = 7 * 24 * time.Hour
+
+// Bounds of a new-value rule's history and learning time: values are kept
+// for the history, which must be longer than events arrive late.
+const (
+	MinHistory = time.Hour
+	MaxHistory = 365 * 24 * time.Hour
+)
+
+// MaxSteps bounds a sequence's steps; MaxSequenceEvents the sum of their
+// counts (a sequence alert lists every event).
+const (
+	MaxSteps          = state.MaxSteps
+	MaxSequenceEvents = state.MaxSequenceEvents
+)
 
 // LoadFile reads and validates a rules file.
 func LoadFile(name string) (*Set, error) {
@@ -110,7 +127,7 @@ func (p *parser) rule(n *yaml.Node, index int) *Rule {
 		fields[n.Content[i].Value] = n.Content[i+1]
 	}
 	label := fmt.Sprintf("#%d", index)
-	r := &Rule{Line: n.Line, Enabled: true}
+	r := &Rule{Line: n.Line, Enabled: true, Mode: Live}
 	if v, ok := fields["id"]; ok && v.Kind == yaml.ScalarNode && strings.TrimSpace(v.Value) != "" {
 		r.Alert.ID = strings.TrimSpace(v.Value)
 		label = r.Alert.ID
@@ -165,18 +182,38 @@ func (p *parser) rule(n *yaml.Node, index int) *Rule {
 				p.errorf(v, label, "enabled: want true or false")
 			}
 			r.Enabled = b
+		case "mode":
+			switch Mode(v.Value) {
+			case Live, Shadow:
+				r.Mode = Mode(v.Value)
+			default:
+				p.errorf(v, label, "mode: want live or shadow, not %q", v.Value)
+			}
 		case "match":
-			r.Match = p.match(v, label)
+			r.Match = p.match(v, label, "match")
 		case "threshold":
 			r.Threshold = p.threshold(v, label)
+		case "sequence":
+			r.Sequence = p.sequence(v, label)
+		case "new_value":
+			r.NewValue = p.newValue(v, label)
 		case "suppress":
 			str("suppress", &suppress)
 		default:
 			p.errorf(k, label, "unknown key %q", k.Value)
 		}
 	}
-	if len(r.Match) == 0 && fields["match"] == nil {
-		p.errorf(n, label, "missing match: a rule needs at least one condition")
+	kinds := 0
+	for _, k := range []string{"threshold", "sequence", "new_value"} {
+		if fields[k] != nil {
+			kinds++
+		}
+	}
+	if kinds > 1 {
+		p.errorf(n, label, "a rule has at most one of threshold, sequence and new_value")
+	}
+	if len(r.Match) == 0 && fields["match"] == nil && fields["sequence"] == nil {
+		p.errorf(n, label, "missing match: a rule needs at least one condition (a sequence's steps have their own)")
 	}
 	if r.Alert.Name == "" {
 		r.Alert.Name = r.Alert.ID
@@ -225,21 +262,33 @@ func (p *parser) rule(n *yaml.Node, index int) *Rule {
 	if r.alertDescription, err = parseTemplate(alertDescription); err != nil {
 		p.errorf(fields["alert_description"], label, "alert_description: %v", err)
 	}
+	window := time.Duration(0)
+	switch {
+	case r.Threshold != nil:
+		window = r.Threshold.Window
+	case r.Sequence != nil:
+		window = r.Sequence.Window
+	}
 	if suppress != "" {
 		d, err := parseDuration(suppress)
 		switch {
 		case err != nil:
 			p.errorf(fields["suppress"], label, "suppress: %v", err)
-		case r.Threshold == nil:
-			p.errorf(fields["suppress"], label, "suppress needs a threshold (a threshold with count: 1 alerts once per group)")
+		case r.Threshold == nil && r.Sequence == nil:
+			p.errorf(fields["suppress"], label, "suppress needs a threshold or a sequence (a threshold with count: 1 alerts once per group)")
 		default:
 			r.Suppress = d
 		}
-	} else if r.Threshold != nil {
-		r.Suppress = r.Threshold.Window
+	} else {
+		r.Suppress = window
 	}
-	if r.Threshold != nil {
+	switch {
+	case r.Threshold != nil:
 		r.Threshold.computeShape(r.Alert.ID)
+	case r.Sequence != nil:
+		r.Sequence.computeShape(r.Alert.ID)
+	case r.NewValue != nil:
+		r.NewValue.computeShape(r.Alert.ID)
 	}
 	if len(p.errs) > before {
 		return nil
@@ -248,10 +297,15 @@ func (p *parser) rule(n *yaml.Node, index int) *Rule {
 }
 
 func defaultAlertDescription(r *Rule) string {
-	if r.Threshold == nil {
-		return r.Alert.Name + " matched for user '{{user_id}}' on '{{server_hostname}}'."
+	switch {
+	case r.Threshold != nil:
+		return "{{count}} matching events within {{window_seconds}} seconds (threshold {{threshold}}) for " + r.Alert.Name + "."
+	case r.Sequence != nil:
+		return r.Alert.Name + ": every step in order within {{window_seconds}} seconds ({{count}} events) for user '{{user_id}}' on '{{server_hostname}}'."
+	case r.NewValue != nil:
+		return r.Alert.Name + ": new value {{new_value}} ({{known_values}} known) for user '{{user_id}}' on '{{server_hostname}}'."
 	}
-	return "{{count}} matching events within {{window_seconds}} seconds (threshold {{threshold}}) for " + r.Alert.Name + "."
+	return r.Alert.Name + " matched for user '{{user_id}}' on '{{server_hostname}}'."
 }
 
 // strings reads a scalar or a list of scalars.
@@ -278,9 +332,9 @@ func (p *parser) strings(n *yaml.Node, label, key string) []string {
 	return nil
 }
 
-func (p *parser) match(n *yaml.Node, label string) []Condition {
+func (p *parser) match(n *yaml.Node, label, where string) []Condition {
 	if n.Kind != yaml.MappingNode || len(n.Content) == 0 {
-		p.errorf(n, label, "match: want a mapping of field: condition")
+		p.errorf(n, label, "%s: want a mapping of field: condition", where)
 		return nil
 	}
 	var conds []Condition
@@ -290,36 +344,56 @@ func (p *parser) match(n *yaml.Node, label string) []Condition {
 		switch v.Kind {
 		case yaml.ScalarNode:
 			c.Op = OpEquals
-			c.Values = p.strings(v, label, "match."+k.Value)
+			c.Values = p.strings(v, label, where+"."+k.Value)
 		case yaml.SequenceNode:
 			c.Op = OpIn
-			c.Values = p.strings(v, label, "match."+k.Value)
+			c.Values = p.strings(v, label, where+"."+k.Value)
 		case yaml.MappingNode:
-			if len(v.Content) != 2 {
-				p.errorf(v, label, "match.%s: want exactly one operator", k.Value)
+			var opKey, opValue *yaml.Node
+			bad := false
+			for j := 0; j+1 < len(v.Content); j += 2 {
+				ok, ov := v.Content[j], v.Content[j+1]
+				if ok.Value == "ignore_case" {
+					b, err := strconv.ParseBool(ov.Value)
+					if ov.Kind != yaml.ScalarNode || err != nil {
+						p.errorf(ov, label, "%s.%s.ignore_case: want true or false", where, k.Value)
+						bad = true
+					}
+					c.IgnoreCase = b
+					continue
+				}
+				if opKey != nil {
+					p.errorf(ok, label, "%s.%s: want exactly one operator (and optionally ignore_case), not %s and %s", where, k.Value, opKey.Value, ok.Value)
+					bad = true
+					continue
+				}
+				opKey, opValue = ok, ov
+			}
+			if opKey == nil {
+				p.errorf(v, label, "%s.%s: want an operator (%s)", where, k.Value, operators)
 				continue
 			}
-			c.Op = Op(v.Content[0].Value)
-			if c.Op == OpEquals {
-				c.Op = "equals" + " (write a plain value)"
+			if bad {
+				continue
 			}
-			c.Values = p.strings(v.Content[1], label, "match."+k.Value+"."+v.Content[0].Value)
+			c.Op = Op(opKey.Value)
+			c.Values = p.strings(opValue, label, where+"."+k.Value+"."+opKey.Value)
 			if c.Op == OpRegex && len(c.Values) != 1 {
-				p.errorf(v.Content[1], label, "match.%s.regex: want one pattern", k.Value)
+				p.errorf(opValue, label, "%s.%s.regex: want one pattern", where, k.Value)
 				continue
 			}
 			if err := c.compile(); err != nil {
-				p.errorf(v.Content[0], label, "match: %v", err)
+				p.errorf(opKey, label, "%s: %v", where, err)
 				continue
 			}
 			conds = append(conds, c)
 			continue
 		default:
-			p.errorf(v, label, "match.%s: want a value, a list or an operator", k.Value)
+			p.errorf(v, label, "%s.%s: want a value, a list or an operator", where, k.Value)
 			continue
 		}
 		if err := c.compile(); err != nil {
-			p.errorf(k, label, "match: %v", err)
+			p.errorf(k, label, "%s: %v", where, err)
 			continue
 		}
 		conds = append(conds, c)
@@ -347,23 +421,9 @@ func (p *parser) threshold(n *yaml.Node, label string) *Threshold {
 			t.Count = c
 		case "window":
 			haveWindow = true
-			d, err := parseDuration(v.Value)
-			if v.Kind != yaml.ScalarNode || err != nil || d <= 0 {
-				if err == nil {
-					err = errors.New("must be positive")
-				}
-				p.errorf(v, label, "threshold.window: %v", err)
-				continue
-			}
-			t.Window = d
+			t.Window = p.window(v, label, "threshold.window")
 		case "group_by":
-			for _, f := range p.strings(v, label, "threshold.group_by") {
-				if err := checkField(f); err != nil {
-					p.errorf(v, label, "threshold.group_by: %v", err)
-					continue
-				}
-				t.GroupBy = append(t.GroupBy, f)
-			}
+			t.GroupBy = p.fields(v, label, "threshold.group_by")
 		case "distinct":
 			if v.Kind != yaml.ScalarNode {
 				p.errorf(v, label, "threshold.distinct: want a field name")
@@ -387,20 +447,215 @@ func (p *parser) threshold(n *yaml.Node, label string) *Threshold {
 	return t
 }
 
-// parseDuration reads a Go duration ("60s", "10m") or whole seconds ("60").
-func parseDuration(s string) (time.Duration, error) {
-	s = strings.TrimSpace(s)
-	var d time.Duration
-	if n, err := strconv.Atoi(s); err == nil {
-		d = time.Duration(n) * time.Second
-	} else if d, err = time.ParseDuration(s); err != nil {
-		return 0, fmt.Errorf("bad duration %q (want e.g. 60s, 10m)", s)
+func (p *parser) sequence(n *yaml.Node, label string) *Sequence {
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n, label, "sequence: want a mapping with window and steps")
+		return nil
 	}
-	if d < 0 {
-		return 0, fmt.Errorf("bad duration %q: negative", s)
+	sq := &Sequence{}
+	var haveWindow, haveSteps bool
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch k.Value {
+		case "window":
+			haveWindow = true
+			sq.Window = p.window(v, label, "sequence.window")
+		case "group_by":
+			sq.GroupBy = p.fields(v, label, "sequence.group_by")
+		case "steps":
+			haveSteps = true
+			if v.Kind != yaml.SequenceNode || len(v.Content) < 2 || len(v.Content) > MaxSteps {
+				p.errorf(v, label, "sequence.steps: want a list of 2 to %d steps", MaxSteps)
+				continue
+			}
+			total := 0
+			for j, item := range v.Content {
+				st := p.step(item, label, j+1)
+				total += st.Count
+				sq.Steps = append(sq.Steps, st)
+			}
+			if total > MaxSequenceEvents {
+				p.errorf(v, label, "sequence.steps: the counts add up to %d, more than %d", total, MaxSequenceEvents)
+			}
+		default:
+			p.errorf(k, label, "sequence: unknown key %q (window, group_by, steps)", k.Value)
+		}
+	}
+	if !haveWindow {
+		p.errorf(n, label, "sequence: missing window")
+	}
+	if !haveSteps {
+		p.errorf(n, label, "sequence: missing steps")
+	}
+	return sq
+}
+
+func (p *parser) step(n *yaml.Node, label string, index int) Step {
+	where := fmt.Sprintf("sequence.steps[%d]", index)
+	st := Step{Count: 1}
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n, label, "%s: want a mapping with match and optionally count and distinct", where)
+		return st
+	}
+	haveMatch := false
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch k.Value {
+		case "match":
+			haveMatch = true
+			st.Match = p.match(v, label, where+".match")
+		case "count":
+			c, err := strconv.Atoi(v.Value)
+			if v.Kind != yaml.ScalarNode || err != nil || c < 1 || c > MaxSequenceEvents {
+				p.errorf(v, label, "%s.count: want a whole number from 1 to %d", where, MaxSequenceEvents)
+				continue
+			}
+			st.Count = c
+		case "distinct":
+			if f := p.fields(v, label, where+".distinct"); len(f) == 1 {
+				st.Distinct = f[0]
+			} else if len(f) > 1 {
+				p.errorf(v, label, "%s.distinct: want one field", where)
+			}
+		default:
+			p.errorf(k, label, "%s: unknown key %q (match, count, distinct)", where, k.Value)
+		}
+	}
+	if !haveMatch {
+		p.errorf(n, label, "%s: missing match", where)
+	}
+	return st
+}
+
+func (p *parser) newValue(n *yaml.Node, label string) *NewValue {
+	if n.Kind != yaml.MappingNode {
+		p.errorf(n, label, "new_value: want a mapping with field (or fields) and history")
+		return nil
+	}
+	nv := &NewValue{MaxValues: state.DefaultMaxValues}
+	var haveHistory bool
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		switch k.Value {
+		case "field", "fields":
+			if nv.Fields != nil {
+				p.errorf(k, label, "new_value: field and fields are one setting: give one of them")
+				continue
+			}
+			nv.Fields = p.fields(v, label, "new_value."+k.Value)
+			if k.Value == "field" && len(nv.Fields) > 1 {
+				p.errorf(v, label, "new_value.field: want one field (fields takes a list)")
+			}
+		case "group_by":
+			nv.GroupBy = p.fields(v, label, "new_value.group_by")
+		case "history":
+			haveHistory = true
+			d, err := parseLongDuration(v.Value)
+			if v.Kind != yaml.ScalarNode || err != nil || d < MinHistory || d > MaxHistory {
+				if err == nil {
+					err = fmt.Errorf("want %s to %s", MinHistory, "365d")
+				}
+				p.errorf(v, label, "new_value.history: %v", err)
+				continue
+			}
+			nv.History = d
+		case "learn":
+			d, err := parseLongDuration(v.Value)
+			if v.Kind != yaml.ScalarNode || err != nil || d > MaxHistory {
+				if err == nil {
+					err = fmt.Errorf("longer than %s", "365d")
+				}
+				p.errorf(v, label, "new_value.learn: %v", err)
+				continue
+			}
+			nv.Learn = d
+		case "max_values":
+			c, err := strconv.Atoi(v.Value)
+			if v.Kind != yaml.ScalarNode || err != nil || c < 1 || c > state.MaxValues {
+				p.errorf(v, label, "new_value.max_values: want a whole number from 1 to %d", state.MaxValues)
+				continue
+			}
+			nv.MaxValues = c
+		default:
+			p.errorf(k, label, "new_value: unknown key %q (field, fields, group_by, history, learn, max_values)", k.Value)
+		}
+	}
+	if len(nv.Fields) == 0 {
+		p.errorf(n, label, "new_value: missing field (or fields)")
+	}
+	if !haveHistory {
+		p.errorf(n, label, "new_value: missing history (how long a value stays known, e.g. 30d)")
+	}
+	return nv
+}
+
+// fields reads a field name or a list of them, each checked.
+func (p *parser) fields(n *yaml.Node, label, key string) []string {
+	var out []string
+	for _, f := range p.strings(n, label, key) {
+		if err := checkField(f); err != nil {
+			p.errorf(n, label, "%s: %v", key, err)
+			continue
+		}
+		out = append(out, f)
+	}
+	return out
+}
+
+// window reads a positive window of at most MaxWindow.
+func (p *parser) window(v *yaml.Node, label, key string) time.Duration {
+	d, err := parseDuration(v.Value)
+	if v.Kind != yaml.ScalarNode || err != nil || d <= 0 {
+		if err == nil {
+			err = errors.New("must be positive")
+		}
+		p.errorf(v, label, "%s: %v", key, err)
+		return 0
+	}
+	return d
+}
+
+// parseDuration reads a duration of at most MaxWindow (see
+// parseLongDuration).
+func parseDuration(s string) (time.Duration, error) {
+	d, err := parseLongDuration(s)
+	if err != nil {
+		return 0, err
 	}
 	if d > MaxWindow {
-		return 0, fmt.Errorf("duration %q is longer than %s", s, MaxWindow)
+		return 0, fmt.Errorf("duration %q is longer than %s", strings.TrimSpace(s), "7d")
 	}
 	return d, nil
+}
+
+// parseLongDuration reads a Go duration ("60s", "10m", "1h30m"), whole
+// seconds ("60") or days, alone or before the rest ("30d", "1d12h").
+func parseLongDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	bad := fmt.Errorf("bad duration %q (want e.g. 60s, 10m, 12h, 30d)", s)
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 0 {
+			return 0, fmt.Errorf("bad duration %q: negative", s)
+		}
+		return time.Duration(n) * time.Second, nil
+	}
+	var d time.Duration
+	if days, rest, ok := strings.Cut(s, "d"); ok {
+		n, err := strconv.Atoi(days)
+		if err != nil || n < 0 || n > 100*365 || strings.HasPrefix(days, "+") {
+			return 0, bad
+		}
+		d, s = time.Duration(n)*24*time.Hour, rest
+		if s == "" {
+			return d, nil
+		}
+	}
+	rest, err := time.ParseDuration(s)
+	if err != nil || strings.HasPrefix(s, "-") || strings.HasPrefix(s, "+") {
+		if err == nil && strings.HasPrefix(s, "-") {
+			return 0, fmt.Errorf("bad duration %q: negative", s)
+		}
+		return 0, bad
+	}
+	return d + rest, nil
 }

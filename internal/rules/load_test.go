@@ -120,6 +120,41 @@ rules:
     severity: HIGH
     match: {client_ip: {cidr: [nope]}}
 `, []string{`rule "A": unknown key "bogus"`, `rule "B"`, `bad CIDR "nope"`}},
+		{"ignore_case on an operator it does not apply to", `
+rules:
+  - id: R11
+    severity: HIGH
+    match:
+      user_id: {regex: "^adm", ignore_case: true}
+`, []string{`rule "R11"`, `ignore_case applies to equals, in, not_in, prefix, suffix and contains, not regex`}},
+		{"two operators", `
+rules:
+  - id: R12
+    severity: HIGH
+    match:
+      user_id: {prefix: [a], suffix: [b]}
+`, []string{`rule "R12"`, `want exactly one operator`}},
+		{"ignore_case alone", `
+rules:
+  - id: R13
+    severity: HIGH
+    match:
+      user_id: {ignore_case: true}
+`, []string{`rule "R13"`, `want an operator`}},
+		{"ignore_case not a boolean", `
+rules:
+  - id: R14
+    severity: HIGH
+    match:
+      user_id: {in: [a], ignore_case: sometimes}
+`, []string{`rule "R14"`, `ignore_case: want true or false`}},
+		{"equals with a list", `
+rules:
+  - id: R15
+    severity: HIGH
+    match:
+      user_id: {equals: [a, b]}
+`, []string{`rule "R15"`, `equals takes one value`}},
 		{"not a rules file", `hello: world`, []string{`unknown top-level key "hello"`, `want a "rules:" list`}},
 		{"bad threshold count", `
 rules:
@@ -194,6 +229,27 @@ func TestConditions(t *testing.T) {
 		{"exists", `details.protocol: {exists: true}`, `{"details":{"protocol":"ssh"}}`, true},
 		{"exists false", `details.protocol: {exists: false}`, `{"details":{}}`, true},
 		{"number as text", `details.port: 22`, `{"details":{"port":22}}`, true},
+		{"equals as an operator", `event_type: {equals: user_login}`, `{"event_type":"user_login"}`, true},
+		{"equals is case-sensitive by default", `action_result: {in: [failure]}`, `{"action_result":"Failure"}`, false},
+		{"in ignoring case", `action_result: {in: [failure], ignore_case: true}`, `{"action_result":"FAILURE"}`, true},
+		{"equals ignoring case", `event_type: {equals: USER_LOGIN, ignore_case: true}`, `{"event_type":"user_login"}`, true},
+		{"ignore_case first", `event_type: {ignore_case: true, equals: User_Login}`, `{"event_type":"uSER_lOGIN"}`, true},
+		{"ignore_case is not a prefix match", `event_type: {equals: user_login, ignore_case: true}`, `{"event_type":"USER_LOGINS"}`, false},
+		{"not_in ignoring case", `user_id: {not_in: [Root], ignore_case: true}`, `{"user_id":"ROOT"}`, false},
+		{"not_in ignoring case, other value", `user_id: {not_in: [root], ignore_case: true}`, `{"user_id":"r00t"}`, true},
+		{"prefix ignoring case", `user_id: {prefix: [svc-], ignore_case: true}`, `{"user_id":"SVC-backup"}`, true},
+		{"suffix ignoring case", `server_hostname: {suffix: [.PROD], ignore_case: true}`, `{"server_hostname":"db1.prod"}`, true},
+		{"contains ignoring case", `details.reason: {contains: PASSWORD, ignore_case: true}`, `{"details":{"reason":"Incorrect password"}}`, true},
+		{"simple folding: Kelvin sign", `user_id: {equals: kate, ignore_case: true}`, `{"user_id":"\u212Aate"}`, true},
+		{"simple folding: long s", `user_id: {prefix: [ss], ignore_case: true}`, `{"user_id":"\u017Fsh"}`, true},
+		{"simple folding: Greek", `user_id: {equals: "\u03a3\u03c9\u03ba\u03c1\u03ac\u03c4\u03b7\u03c2", ignore_case: true}`, `{"user_id":"\u03c3\u03a9\u039a\u03a1\u0386\u03a4\u0397\u03a3"}`, true},
+		{"simple folding is not full folding", `user_id: {equals: strasse, ignore_case: true}`, `{"user_id":"stra\u00dfe"}`, false},
+		{"not_cidr outside", `client_ip: {not_cidr: [10.0.5.0/24]}`, `{"client_ip":"10.0.6.1"}`, true},
+		{"not_cidr inside", `client_ip: {not_cidr: [10.0.5.0/24]}`, `{"client_ip":"10.0.5.7"}`, false},
+		{"not_cidr mapped inside", `client_ip: {not_cidr: [10.0.5.0/24]}`, `{"client_ip":"::ffff:10.0.5.7"}`, false},
+		{"not_cidr v6 outside", `client_ip: {not_cidr: [10.0.5.0/24]}`, `{"client_ip":"2001:db8::1"}`, true},
+		{"not_cidr not an address", `client_ip: {not_cidr: [10.0.5.0/24]}`, `{"client_ip":"N/A"}`, false},
+		{"not_cidr absent", `client_ip: {not_cidr: [10.0.5.0/24]}`, `{}`, false},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -236,6 +292,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte(rulefiles.Default))
 	f.Add([]byte("rules:\n  - id: X\n    severity: HIGH\n    match: {client_ip: {cidr: [10.0.0.0/8]}}\n    threshold: {count: 2, window: 1m, distinct: user_id}\n"))
 	f.Add([]byte("rules: [1, {id: [x]}, {match: {a.b: {regex: '('}}}]"))
+	f.Add([]byte(issueSequence))
+	f.Add([]byte(issueNewValue))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		set, err := Parse("fuzz.yaml", data)
 		if err != nil {
@@ -246,12 +304,18 @@ func FuzzParse(f *testing.F) {
 		}
 		ids := map[string]bool{}
 		for _, r := range set.Rules {
-			if r.ID() == "" || ids[r.ID()] || r.Alert.Severity == "" || len(r.Match) == 0 {
+			if r.ID() == "" || ids[r.ID()] || r.Alert.Severity == "" || (len(r.Match) == 0 && r.Sequence == nil) {
 				t.Fatalf("accepted an invalid rule: %+v", r)
 			}
 			ids[r.ID()] = true
 			if th := r.Threshold; th != nil && (th.Count < 1 || th.Window <= 0) {
 				t.Fatalf("accepted an invalid threshold: %+v", th)
+			}
+			if sq := r.Sequence; sq != nil && (len(sq.Steps) < 2 || sq.Window <= 0) {
+				t.Fatalf("accepted an invalid sequence: %+v", sq)
+			}
+			if nv := r.NewValue; nv != nil && (len(nv.Fields) == 0 || nv.History < MinHistory || nv.MaxValues < 1) {
+				t.Fatalf("accepted an invalid new_value: %+v", nv)
 			}
 		}
 	})

@@ -13,6 +13,7 @@ import (
 
 	"github.com/audit-platform/audit-log-analysis/internal/alert"
 	"github.com/audit-platform/audit-log-analysis/internal/event"
+	"github.com/audit-platform/audit-log-analysis/internal/state"
 )
 
 // Rule is one compiled detection rule.
@@ -22,12 +23,18 @@ type Rule struct {
 	// alert_type label: failed_login_burst, sensitive_file_modified).
 	Category string
 	Enabled  bool
+	// Mode says where its alerts go.
+	Mode Mode
 	// Match holds the conditions; all must hold.
 	Match []Condition
-	// Threshold is nil when every matching event alerts.
+	// At most one of Threshold, Sequence and NewValue is set; with none,
+	// every matching event alerts.
 	Threshold *Threshold
-	// Suppress is how close to an alerted window further matches of the
-	// same group are suppressed.
+	Sequence  *Sequence
+	NewValue  *NewValue
+	// Suppress is how long after an alerted window's last event further
+	// completions for the same group are suppressed (thresholds and
+	// sequences).
 	Suppress time.Duration
 
 	description      template
@@ -43,6 +50,48 @@ type Rule struct {
 
 // ID returns the rule id.
 func (r *Rule) ID() string { return r.Alert.ID }
+
+// Mode is where a rule's alerts go.
+type Mode string
+
+const (
+	// Live alerts go to the alert queue.
+	Live Mode = "live"
+	// Shadow alerts are counted and logged, and published to the shadow
+	// queue when there is one, never to the alert queue: a rule can be
+	// tried on live traffic without paging anyone.
+	Shadow Mode = "shadow"
+)
+
+// Sequence makes a rule alert when its steps happen in order, in event
+// time, within a window, per group.
+type Sequence struct {
+	Steps   []Step
+	Window  time.Duration
+	GroupBy []string
+	steps   []state.Step
+	shape   []byte
+}
+
+// Step is one step of a sequence: Count events matching its conditions, or
+// Count distinct values of the field Distinct.
+type Step struct {
+	Match    []Condition
+	Count    int
+	Distinct string
+}
+
+// NewValue makes a rule alert when a group sees a value (of Fields,
+// together) it has not seen within History, once the group's first event
+// is at least Learn old.
+type NewValue struct {
+	Fields    []string
+	GroupBy   []string
+	History   time.Duration
+	Learn     time.Duration
+	MaxValues int
+	shape     []byte
+}
 
 // Threshold makes a rule count matching events per group over a window of
 // event time.
@@ -66,30 +115,51 @@ func (r *Rule) Matches(ev *event.Event) bool {
 	return true
 }
 
-// groupKey hashes the rule's shape and the group's values into the store
-// key: fixed length, lowercase hex, so no value can collide with another
-// group or choose a Redis Cluster slot.
-func (t *Threshold) groupKey(values []string) string {
+// digest hashes a shape and values into a fixed-length lowercase hex
+// string: a store key no value can collide with or choose a Redis Cluster
+// slot by, or a distinct value of bounded size.
+func digest(shape []byte, values []string) string {
 	h := sha256.New()
-	h.Write(t.shape)
+	h.Write(shape)
 	var n [8]byte
 	for _, v := range values {
 		binary.BigEndian.PutUint64(n[:], uint64(len(v)))
 		h.Write(n[:])
 		h.Write([]byte(v))
 	}
-	sum := h.Sum(nil)
-	return hex.EncodeToString(sum[:16])
+	var sum [sha256.Size]byte
+	return hex.EncodeToString(h.Sum(sum[:0])[:16])
 }
 
-func (t *Threshold) computeShape(ruleID string) {
+// shapeOf encodes the parts that identify a rule's state: a reload that
+// keeps them keeps the state.
+func shapeOf(parts ...string) []byte {
 	var b strings.Builder
-	for _, part := range append([]string{ruleID, t.Distinct, strconv.FormatInt(int64(t.Window), 10)}, t.GroupBy...) {
+	for _, part := range parts {
 		b.WriteString(strconv.Itoa(len(part)))
 		b.WriteByte(':')
 		b.WriteString(part)
 	}
-	t.shape = []byte(b.String())
+	return []byte(b.String())
+}
+
+func (t *Threshold) computeShape(ruleID string) {
+	t.shape = shapeOf(append([]string{ruleID, t.Distinct, strconv.FormatInt(int64(t.Window), 10)}, t.GroupBy...)...)
+}
+
+func (s *Sequence) computeShape(ruleID string) {
+	parts := []string{"sequence", ruleID, strconv.FormatInt(int64(s.Window), 10), strconv.Itoa(len(s.Steps))}
+	s.steps = make([]state.Step, len(s.Steps))
+	for i, st := range s.Steps {
+		parts = append(parts, st.Distinct)
+		s.steps[i] = state.Step{Count: st.Count, Distinct: st.Distinct != ""}
+	}
+	s.shape = shapeOf(append(parts, s.GroupBy...)...)
+}
+
+func (n *NewValue) computeShape(ruleID string) {
+	parts := append([]string{"new_value", ruleID, strconv.Itoa(len(n.Fields))}, n.Fields...)
+	n.shape = shapeOf(append(parts, n.GroupBy...)...)
 }
 
 // Set is an immutable set of rules, swapped whole on reload.

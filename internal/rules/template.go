@@ -11,7 +11,8 @@ import (
 
 // template is a text with {{name}} placeholders, parsed once when a rule
 // loads. Names are event fields (user_id, details.protocol) or the rule's
-// own figures: threshold, window_seconds, count, rule_id.
+// own figures: threshold, window_seconds, count, rule_id, and for
+// new-value rules new_value and known_values.
 type template struct {
 	parts []templatePart
 }
@@ -21,7 +22,7 @@ type templatePart struct {
 	field string // set for a placeholder
 }
 
-var templateFigures = []string{"threshold", "window_seconds", "count", "rule_id"}
+var templateFigures = []string{"threshold", "window_seconds", "count", "rule_id", "new_value", "known_values"}
 
 func parseTemplate(s string) (template, error) {
 	var t template
@@ -60,6 +61,8 @@ type templateValues struct {
 	threshold int
 	window    time.Duration
 	count     int
+	newValue  string
+	known     int
 }
 
 func (t template) render(ev *event.Event, v templateValues) string {
@@ -81,6 +84,10 @@ func (t template) render(ev *event.Event, v templateValues) string {
 			b.WriteString(strconv.Itoa(v.count))
 		case "rule_id":
 			b.WriteString(v.ruleID)
+		case "new_value":
+			b.WriteString(v.newValue)
+		case "known_values":
+			b.WriteString(strconv.Itoa(v.known))
 		default:
 			s, ok := "", false
 			if ev != nil {

@@ -143,10 +143,19 @@ func TestRedisClusterFollowsASlotMigration(t *testing.T) {
 	t.Logf("groups %v share slot %d", groups, slot)
 
 	// Threshold 3 in 60 s without suppression: every third event of a
-	// group fires. Other groups spread over every master.
+	// group fires. Other groups spread over every master. In the slot,
+	// two groups alert (three keys each: events, alerting triggers,
+	// alerts) and four never do (one key each): of the ten keys, moving
+	// eight moves some group whole (its next call is answered ASK) and
+	// leaves some not (TRYAGAIN: a script's keys include some that do not
+	// exist).
 	var rules []rule
-	for _, g := range groups {
-		rules = append(rules, rule{key: g, count: 3, window: time.Minute})
+	for i, g := range groups {
+		count := 3
+		if i >= 2 {
+			count = 1000
+		}
+		rules = append(rules, rule{key: g, count: count, window: time.Minute})
 	}
 	for i := range 30 {
 		rules = append(rules, rule{key: fmt.Sprintf("b%03x", i), count: 3, window: time.Minute})

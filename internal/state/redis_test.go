@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -56,48 +55,49 @@ func scanKeys(ctx context.Context, c *redis.Client, prefix string) ([]string, er
 	return keys, iter.Err()
 }
 
-func TestRedis(t *testing.T) {
+// TestMemoryAndRedisAgree applies random streams to both stores and
+// requires identical results.
+func TestMemoryAndRedisAgree(t *testing.T) {
 	t.Parallel()
-	testStore(t, func(t *testing.T) store {
-		s, _, _ := newRedisStore(t)
-		return s
-	})
+	s, _, _ := newRedisStore(t)
+	agreeWithMemory(t, s, 120)
 }
 
-func TestRedisKeysShareTheGroupSlotAndExpire(t *testing.T) {
-	t.Parallel()
-	s, c, prefix := newRedisStore(t)
-	r := defaultRule()
-	r.distinct = true
-	r.key = "0fa9"
-	_, err := s.Apply(t.Context(), []Update{
-		r.val("a", 0, "x"), r.val("b", 1, "y"), r.val("c", 2, "z"), r.val("d", 3, "z"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Window 60s: retention 6min, plus 1min suppression, plus 10min.
-	const ttl = 17 * time.Minute
-	for _, suffix := range []string{":e", ":v", ":s", ":m"} {
-		key := prefix + "{0fa9}" + suffix
-		got, err := c.PTTL(t.Context(), key).Result()
-		if err != nil {
-			t.Fatal(err)
+// agreeWithMemory applies sequences random streams of updates of every
+// kind to s and to a memory store and requires identical results.
+func agreeWithMemory(t *testing.T, s *Redis, sequences int) {
+	seed := testSeed(t)
+	rng := rand.New(rand.NewPCG(seed, 0xa9ee))
+	seen := map[Kind]map[Outcome]int{Threshold: {}, Sequence: {}, NewValue: {}}
+	for seq := range sequences {
+		st := newStream(rng, 1+rng.IntN(3), 30+rng.IntN(120))
+		// Every sequence gets keys of its own.
+		for i := range st.updates {
+			st.updates[i].Key = fmt.Sprintf("%x%s", seq, st.updates[i].Key)
 		}
-		if got <= ttl-time.Minute || got > ttl {
-			t.Errorf("PTTL %s = %v, want just under %v", key, got, ttl)
+		m := NewMemory()
+		for _, batch := range st.batches() {
+			want, err := m.Apply(t.Context(), batch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.Apply(t.Context(), batch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, u := range batch {
+				if !reflect.DeepEqual(got[i], want[i]) {
+					t.Fatalf("sequence %d (seed %d), shapes %+v\nupdate %+v\nredis  %+v\nmemory %+v\nhistory: %s",
+						seq, seed, st.shapes, u, got[i], want[i], history(st.updates, u))
+				}
+				seen[u.Kind][got[i].Outcome]++
+			}
 		}
 	}
-	keys, err := scanKeys(t.Context(), c, prefix)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(keys) != 4 {
-		t.Errorf("keys %v, want the four of one group", keys)
-	}
-	for _, k := range keys {
-		if !strings.HasPrefix(k, prefix+"{0fa9}:") {
-			t.Errorf("key %q is outside the group's hash tag", k)
+	t.Logf("outcomes: %v", seen)
+	for k, outcomes := range seen {
+		if outcomes[Fired] < sequences/6 || outcomes[Below] < sequences/6 {
+			t.Errorf("%v: outcomes %v: the generator misses a case", k, outcomes)
 		}
 	}
 }
@@ -112,31 +112,99 @@ func TestNewRedisRejectsABraceInThePrefix(t *testing.T) {
 	NewRedis(redis.NewClient(&redis.Options{}), "alerts{x}:")
 }
 
+func TestRedis(t *testing.T) {
+	t.Parallel()
+	testStore(t, func(t *testing.T) store {
+		s, _, _ := newRedisStore(t)
+		return s
+	})
+}
+
+func TestRedisKeysShareTheGroupSlotAndExpire(t *testing.T) {
+	t.Parallel()
+	s, c, prefix := newRedisStore(t)
+	r := defaultRule()
+	r.distinct = true
+	r.key = "0fa9"
+	if _, err := s.Apply(t.Context(), []Update{r.val("a", 0, "x"), r.val("b", 1, "y")}); err != nil {
+		t.Fatal(err)
+	}
+	// Before an alert a group lives as long as a late event may count:
+	// the window plus the lateness, 6 minutes.
+	checkTTL(t, c, prefix+"{0fa9}", []string{":0", ":v", ":l"}, 6*time.Minute)
+	if _, err := s.Apply(t.Context(), []Update{r.val("c", 2, "z"), r.val("d", 3, "z")}); err != nil {
+		t.Fatal(err)
+	}
+	// After one, the suppression zone too, and ten minutes for the
+	// suppressed count: max(window, suppress) + lateness + 10 minutes.
+	checkTTL(t, c, prefix+"{0fa9}", []string{":0", ":v", ":l", ":b", ":a"}, 16*time.Minute)
+	keys, err := scanKeys(t.Context(), c, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 5 {
+		t.Errorf("keys %v, want the five of one alerted distinct group", keys)
+	}
+	for _, k := range keys {
+		if !strings.HasPrefix(k, prefix+"{0fa9}:") {
+			t.Errorf("key %q is outside the group's hash tag", k)
+		}
+	}
+
+	seq := seqRule{key: "0fb0", steps: []Step{{Count: 1}, {Count: 1}}, window: 10 * time.Minute, suppress: 20 * time.Minute}
+	if _, err := s.Apply(t.Context(), []Update{seq.ev("s1", 0, 1), seq.ev("s2", 1, 2)}); err != nil {
+		t.Fatal(err)
+	}
+	checkTTL(t, c, prefix+"{0fb0}", []string{":0", ":1", ":b", ":a"}, 40*time.Minute)
+
+	nv := nvRule{key: "0fb1", history: 2 * time.Hour, learn: time.Hour, max: 10}
+	if _, err := s.Apply(t.Context(), []Update{nv.ev("n1", 0, "v")}); err != nil {
+		t.Fatal(err)
+	}
+	checkTTL(t, c, prefix+"{0fb1}", []string{":n", ":f"}, 2*time.Hour+5*time.Minute)
+}
+
+// checkTTL requires each key to exist and expire in just under ttl.
+func checkTTL(t *testing.T, c *redis.Client, base string, suffixes []string, ttl time.Duration) {
+	t.Helper()
+	for _, suffix := range suffixes {
+		got, err := c.PTTL(t.Context(), base+suffix).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got <= ttl-time.Minute || got > ttl {
+			t.Errorf("PTTL %s = %v, want just under %v", base+suffix, got, ttl)
+		}
+	}
+}
+
 func TestRedisRecoversFromAnEmptyScriptCache(t *testing.T) {
 	t.Parallel()
 	addr := testenv.StartRedis(t).Addr()
 	c := newClient(t, addr)
 	s := NewRedis(c, "test:")
 	r := defaultRule()
+	nv := nvRule{key: "7b", history: time.Hour, max: 10}
 
 	// The first batch finds no script (a fresh server), the second
-	// finds it flushed; both must be applied exactly once.
-	got, err := s.Apply(t.Context(), []Update{r.ev("a", 0), r.ev("b", 10), r.ev("c", 20)})
+	// finds them flushed; both must be applied exactly once.
+	got, err := s.Apply(t.Context(), []Update{r.ev("a", 0), r.ev("b", 10), r.ev("c", 20), nv.ev("n", 0, "v")})
 	if err != nil {
 		t.Fatal(err)
 	}
 	alert := fire(0, 20, 3, "c", 0, "a", "b", "c")
-	if want := []Result{below, below, alert}; !reflect.DeepEqual(got, want) {
+	newValue := fireNew("n", 0, 1, 0)
+	if want := []Result{below, below, alert, newValue}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
 	if err := c.ScriptFlush(t.Context()).Err(); err != nil {
 		t.Fatal(err)
 	}
-	got, err = s.Apply(t.Context(), []Update{r.ev("d", 30), r.ev("c", 20), r.ev("b", 10)})
+	got, err = s.Apply(t.Context(), []Update{r.ev("d", 30), r.ev("c", 20), r.ev("b", 10), nv.ev("n", 0, "v")})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := []Result{suppressed, alert, duplicate}; !reflect.DeepEqual(got, want) {
+	if want := []Result{suppressed, alert, duplicate, newValue}; !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %+v, want %+v", got, want)
 	}
 }
@@ -168,100 +236,98 @@ func TestRedisReportsAnUnreachableServer(t *testing.T) {
 	}
 }
 
-// TestMemoryAndRedisAgree applies random sequences of updates to both stores
-// and requires identical results.
-func TestMemoryAndRedisAgree(t *testing.T) {
-	t.Parallel()
-	s, _, _ := newRedisStore(t)
-	agreeWithMemory(t, s, 150)
+// groupMemory applies updates, each to a group of its own, and returns the
+// bytes (MEMORY USAGE) and keys per group they leave in Redis. The key
+// prefix has the length of the service's default, "audit-log-analysis:".
+func groupMemory(tb testing.TB, updates []Update) (bytes, keys float64) {
+	tb.Helper()
+	_, c, _ := newRedisStore(tb)
+	prefix := fmt.Sprintf("audit-%08x-test:", rand.Uint32())
+	if len(prefix) != len("audit-log-analysis:")+1 {
+		tb.Fatalf("prefix %q", prefix)
+	}
+	s := NewRedis(c, prefix)
+	tb.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		keys, _ := scanKeys(ctx, c, prefix)
+		for len(keys) > 0 {
+			n := min(len(keys), 500)
+			c.Del(ctx, keys[:n]...)
+			keys = keys[n:]
+		}
+	})
+	for len(updates) > 0 {
+		n := min(len(updates), 256)
+		if _, err := s.Apply(tb.Context(), updates[:n]); err != nil {
+			tb.Fatal(err)
+		}
+		updates = updates[n:]
+	}
+	names, err := scanKeys(tb.Context(), c, prefix)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	groups := map[string]bool{}
+	total := int64(0)
+	for _, k := range names {
+		used, err := c.MemoryUsage(tb.Context(), k, 0).Result()
+		if err != nil {
+			tb.Fatal(err)
+		}
+		total += used
+		groups[k[:strings.Index(k, "}")]] = true
+	}
+	return float64(total) / float64(len(groups)), float64(len(names)) / float64(len(groups))
 }
 
-// agreeWithMemory applies sequences random sequences of updates to s and
-// to a memory store and requires identical results.
-func agreeWithMemory(t *testing.T, s *Redis, sequences int) {
-	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
-	rng := rand.New(rand.NewPCG(seed, 0x5eed))
-
-	seen := map[Outcome]int{}
-	for seq := range sequences {
-		m := NewMemory()
-		var rules []rule
-		for k := range 1 + rng.IntN(3) {
-			w := time.Duration(1+rng.IntN(120)) * time.Second
-			rules = append(rules, rule{
-				key:      fmt.Sprintf("%x%x", seq, k),
-				count:    1 + rng.IntN(5),
-				window:   w,
-				suppress: []time.Duration{0, 0, w / 2, w, 2 * w, time.Duration(rng.Int64N(int64(3 * w)))}[rng.IntN(6)],
-				distinct: rng.IntN(2) == 0,
-			})
-		}
-		// Mostly a few windows' worth of time; sometimes long enough
-		// for retention to prune. Coarse times make equal times, and so
-		// ordering by id, common.
-		span := 4 * rules[0].window
-		if rng.IntN(4) == 0 {
-			span = 30 * time.Minute
-		}
-		grain := []time.Duration{time.Microsecond, time.Millisecond, time.Second, 5 * time.Second}[rng.IntN(4)]
-		randomTime := func() int64 {
-			d := time.Duration(rng.Int64N(int64(span)))
-			return base + micros(d.Truncate(grain))
-		}
-		// Ids compare byte-wise: "e10" < "e9", and bytes above 0x7f sort last.
-		idPrefix := []string{"e", "E", "\xc3\xa9", "\xff"}
-		var history []Update
-		var updates []Update
-		for i := range 40 + rng.IntN(80) {
-			if len(history) > 0 && rng.IntN(5) == 0 {
-				// Redeliver an earlier event, sometimes with another time.
-				u := history[rng.IntN(len(history))]
-				if rng.IntN(4) == 0 {
-					u.Time = randomTime()
-				}
-				updates = append(updates, u)
-				continue
-			}
-			r := rules[rng.IntN(len(rules))]
-			u := r.ev(idPrefix[rng.IntN(len(idPrefix))]+strconv.Itoa(i), 0)
-			u.Time = randomTime()
-			u.Value = []string{"alice", "bob", "carol", "dave"}[rng.IntN(4)]
-			history = append(history, u)
-			updates = append(updates, u)
-		}
-		for len(updates) > 0 {
-			n := min(len(updates), 1+rng.IntN(10))
-			batch := updates[:n]
-			updates = updates[n:]
-			want, err := m.Apply(t.Context(), batch)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got, err := s.Apply(t.Context(), batch)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, r := range got {
-				seen[r.Outcome]++
-			}
-			if !reflect.DeepEqual(got, want) {
-				t.Fatalf("sequence %d (seed %d), rules %+v: batch %+v\nredis  %+v\nmemory %+v", seq, seed, rules, batch, got, want)
-			}
-		}
+// TestRedisMemoryPerGroup measures the Redis memory of groups that saw one
+// event each (the shape of a spray of new accounts) under the service's
+// default key prefix, and holds the built-in failed-login rule's to 250
+// bytes per group.
+func TestRedisMemoryPerGroup(t *testing.T) {
+	t.Parallel()
+	const groups = 2000
+	id := func(i int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", i) }
+	key := func(i int) string { return fmt.Sprintf("%032x", uint64(i)*0x9e3779b97f4a7c15) }
+	cases := []struct {
+		name  string
+		make  func(i int) Update
+		limit float64
+	}{
+		{"threshold (ANLY-SEC-001)", func(i int) Update {
+			return Update{Key: key(i), EventID: id(i), Time: at(float64(i)), Count: 3, Window: time.Minute, Suppress: time.Minute}
+		}, 250},
+		{"distinct threshold (EX-AUTH-001)", func(i int) Update {
+			return Update{Key: key(i), EventID: id(i), Time: at(float64(i)), Count: 10, Window: 10 * time.Minute, Suppress: 10 * time.Minute, Distinct: true, Value: key(i + 1)}
+		}, 0},
+		{"sequence, last step (EX-AUTH-010)", func(i int) Update {
+			return Update{Kind: Sequence, Key: key(i), EventID: id(i), Time: at(float64(i)), Steps: []Step{{Count: 4}, {Count: 1}}, Mask: 2, Window: 10 * time.Minute, Suppress: 10 * time.Minute}
+		}, 0},
+		{"new value", func(i int) Update {
+			return Update{Kind: NewValue, Key: key(i), EventID: id(i), Time: at(float64(i)), Value: key(i + 1), History: 30 * 24 * time.Hour, Learn: 7 * 24 * time.Hour, MaxValues: DefaultMaxValues}
+		}, 0},
 	}
-	t.Logf("outcomes: %v", seen)
-	for _, o := range []Outcome{Below, Fired, Suppressed, Duplicate} {
-		if seen[o] < sequences/3 {
-			t.Errorf("only %d %v outcomes: the generator misses a case", seen[o], o)
-		}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var updates []Update
+			for i := range groups {
+				updates = append(updates, tc.make(i))
+			}
+			bytes, keys := groupMemory(t, updates)
+			t.Logf("%s: %.0f bytes and %.1f keys per one-event group", tc.name, bytes, keys)
+			if tc.limit > 0 && bytes > tc.limit {
+				t.Errorf("%.0f bytes per group, want at most %.0f", bytes, tc.limit)
+			}
+		})
 	}
 }
 
 // BenchmarkRedisApply measures batches of 256 updates against the shared
-// Redis: spread over many groups (the usual load), and all on one group of a
-// distinct rule that never reaches its threshold (the worst case: every
-// update scans the group's window).
+// Redis: spread over many groups (the usual load); all on one group of a
+// distinct rule that never reaches its threshold (a flood of one user from
+// one address); and a flood on one group that alerted, mostly suppressed.
 func BenchmarkRedisApply(b *testing.B) {
 	cases := []struct {
 		name string
@@ -273,13 +339,18 @@ func BenchmarkRedisApply(b *testing.B) {
 		{"hot-distinct-group", func(i int) Update {
 			return Update{Key: "beef", EventID: fmt.Sprint("e", i), Time: at(float64(i) * 0.001), Value: "same-user", Distinct: true, Count: 10, Window: 10 * time.Minute, Suppress: 10 * time.Minute}
 		}},
+		{"hot-alerted-group", func(i int) Update {
+			return Update{Key: "cafe", EventID: fmt.Sprint("e", i), Time: at(float64(i) * 0.001), Count: 3, Window: time.Minute, Suppress: time.Minute}
+		}},
+		{"hot-sequence-last-step", func(i int) Update {
+			return Update{Kind: Sequence, Key: "d00d", EventID: fmt.Sprint("e", i), Time: at(float64(i) * 0.001), Steps: []Step{{Count: 4}, {Count: 1}}, Mask: 2, Window: 10 * time.Minute, Suppress: 10 * time.Minute}
+		}},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
 			s, _, _ := newRedisStore(b)
 			batch := make([]Update, 256)
 			n := 0
-			b.ResetTimer()
 			for b.Loop() {
 				for j := range batch {
 					batch[j] = c.make(n)

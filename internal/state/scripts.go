@@ -22,7 +22,7 @@ import (
 //     that failed run again.
 //   - TRYAGAIN: while a slot migrates, Redis refuses a command with several
 //     keys unless all of them are on the node that gets it, and a group
-//     rarely has all four keys. CLUSTERDOWN, LOADING and MASTERDOWN refuse
+//     rarely has all its keys. CLUSTERDOWN, LOADING and MASTERDOWN refuse
 //     commands while a master fails over or starts. The refused commands
 //     run again after a pause; if Redis still refuses them after that, the
 //     batch fails and the caller retries it later.

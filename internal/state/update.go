@@ -3,47 +3,85 @@ package state
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
-// Both stores apply an Update to its group (the state of one Key) the same
-// way; memory.go and apply.lua are the two implementations:
+// Both stores apply an Update the same way; memory.go and newvalue.go are
+// one implementation, correlate.lua and newvalue.lua the other, and
+// reference_test.go a plain restatement both are checked against.
+//
+// Threshold and sequence groups ("correlation" groups) are defined by what
+// processing their events in (time, id) order would alert on:
+//
+//   - A trigger is an event that matches the last step (a threshold has one
+//     step, which every event matches).
+//   - A trigger x completes when the events up to x (in order) with times
+//     after x's time minus Window satisfy every step: step 1 by its Count
+//     events (or distinct values), each later step by events whose times
+//     are strictly later than those that satisfied the step before it
+//     (chosen greedily, earliest first), the last step including events up
+//     to x.
+//   - A completed trigger alerts unless it lies within Suppress after the
+//     trigger of the group's previous alert (its time before that
+//     trigger's time plus Suppress): then it is suppressed. Suppressed
+//     events still count towards later windows.
+//
+// Events arrive in any order, so a store keeps the list of triggers that
+// alert in that order ("bursts") for the events it has, and recomputes it
+// from each new event onwards. An event can only make triggers complete
+// earlier or more often, never fewer, so the list only grows or moves
+// earlier; when it grows by d, the update reports the last d bursts that
+// are new. Shuffling arrival within the lateness (max(Window, 5m)) thus
+// changes no alert count. Alerts already published keep the window they
+// were published with.
+//
+// Per update:
 //
 //  0. A group whose newest event is more than idleLimit before the update
 //     starts afresh, as an expired key would.
-//  1. An event id already recorded or suppressed changes nothing: the
-//     answer is the stored alert it triggered, if still remembered, or
-//     Duplicate.
-//  2. An event closer than Suppress to an alerted burst (strictly) is
-//     remembered as suppressed and counted for the next alert.
-//  3. Otherwise it is recorded, and events older than the retention
-//     behind the newest one are forgotten, then the oldest beyond
-//     maxEvents.
-//  4. Candidates are the recorded events less than Window from it and
-//     outside every suppression zone, in (time, id) order. The first
-//     window [c, c+Window) starting at a candidate c no later than the
-//     event that holds Count events (or distinct values) fires; the burst
-//     is remembered (the newest maxBursts are kept).
+//  1. An event id already recorded changes nothing: the answer is the
+//     alert its first delivery raised, if still remembered, or Duplicate.
+//  2. An event older than the retention behind the group's newest event is
+//     not recorded (Below).
+//  3. Otherwise it is recorded; events older than the retention are
+//     forgotten, then the oldest of a step beyond maxEvents.
+//  4. The bursts are recomputed from the event on, until the computation
+//     agrees with the previous one again; new bursts are reported (Fired).
+//     Otherwise a trigger within a suppression zone, or one that only
+//     moves an alerted burst earlier, is Suppressed, and any other event
+//     Below.
+//
+// New-value groups: see newvalue.go.
 
 // Bounds shared by both stores. They are part of the semantics: changing one
 // changes which events are remembered, so both stores read them from here.
 const (
-	// maxEvents bounds the events a group remembers; the oldest go first.
+	// maxEvents bounds the events a group remembers per step; the oldest
+	// go first.
 	maxEvents = 4096
-	// maxSuppressed bounds the suppressed ids a group remembers (the
-	// oldest go first), so a sustained flood on one group costs bounded
-	// memory; an id forgotten and delivered again counts as suppressed
-	// again, which only overstates a suppressed count.
-	maxSuppressed = 4096
-	// maxBursts bounds the alerted bursts a group remembers for
-	// suppression and for answering a redelivered trigger event.
-	maxBursts = 16
-	// minRetention is the least time events are kept behind the newest
-	// one, so that late events still find the events they complete.
-	minRetention = 5 * time.Minute
-	// keyGrace keeps Redis keys this much longer than the windows need,
-	// so a quiet group is not forgotten while a late event may still come.
-	keyGrace = 10 * time.Minute
+	// maxBursts bounds the alerting triggers a group remembers. When it
+	// holds that many, events no later than the oldest are too late.
+	maxBursts = 64
+	// maxAlerts bounds the alerts a group remembers to answer a
+	// redelivered event with.
+	maxAlerts = 16
+	// minLateness is the least time an event may arrive late and still
+	// count with the events it belongs with.
+	minLateness = 5 * time.Minute
+	// alertedGrace keeps a group that alerted this much longer, so that
+	// the next alert after a quiet spell still reports how many matches
+	// were suppressed since the last.
+	alertedGrace = 10 * time.Minute
+	// MaxSteps bounds the steps of a sequence.
+	MaxSteps = 8
+	// MaxSequenceEvents bounds the sum of a sequence's step counts: its
+	// alerts list every event.
+	MaxSequenceEvents = 1000
+	// DefaultMaxValues is a new-value group's default capacity; MaxValues
+	// bounds what a rule may ask for.
+	DefaultMaxValues = 1024
+	MaxValues        = 1 << 16
 
 	// maxSpan and maxTime keep every sum of a time and spans below 2^53,
 	// where a Redis score and a Lua number still hold it exactly.
@@ -74,10 +112,52 @@ func check(u Update) error {
 		return errors.New("key must be non-empty lowercase hex")
 	case u.EventID == "":
 		return errors.New("event id is empty")
+	case strings.IndexByte(u.EventID, 0) >= 0:
+		return errors.New("event id contains NUL")
 	case u.Time < 0 || u.Time > maxTime:
 		return fmt.Errorf("time %d out of range", u.Time)
-	case u.Count < 1:
-		return fmt.Errorf("count %d below 1", u.Count)
+	}
+	switch u.Kind {
+	case Threshold:
+		if u.Count < 1 {
+			return fmt.Errorf("count %d below 1", u.Count)
+		}
+	case Sequence:
+		if len(u.Steps) < 1 || len(u.Steps) > MaxSteps {
+			return fmt.Errorf("%d steps, want 1 to %d", len(u.Steps), MaxSteps)
+		}
+		total := 0
+		for _, s := range u.Steps {
+			if s.Count < 1 {
+				return fmt.Errorf("step count %d below 1", s.Count)
+			}
+			total += s.Count
+		}
+		if total > MaxSequenceEvents {
+			return fmt.Errorf("step counts add up to %d, more than %d", total, MaxSequenceEvents)
+		}
+		if u.Mask == 0 || u.Mask>>len(u.Steps) != 0 {
+			return fmt.Errorf("step mask %b does not name a step of %d", u.Mask, len(u.Steps))
+		}
+		if len(u.Values) != 0 && len(u.Values) != len(u.Steps) {
+			return fmt.Errorf("%d values for %d steps", len(u.Values), len(u.Steps))
+		}
+	case NewValue:
+		switch {
+		case micros(u.History) < 1 || u.History > maxSpan:
+			return fmt.Errorf("history %v out of range", u.History)
+		case u.Learn < 0 || u.Learn > maxSpan:
+			return fmt.Errorf("learn %v out of range", u.Learn)
+		case u.MaxValues < 1 || u.MaxValues > MaxValues:
+			return fmt.Errorf("max values %d out of range", u.MaxValues)
+		case u.Value == "":
+			return errors.New("value is empty")
+		}
+		return nil
+	default:
+		return fmt.Errorf("unknown kind %d", u.Kind)
+	}
+	switch {
 	case micros(u.Window) < 1 || u.Window > maxSpan:
 		return fmt.Errorf("window %v out of range", u.Window)
 	case u.Suppress < 0 || u.Suppress > maxSpan:
@@ -101,21 +181,31 @@ func isHex(s string) bool {
 
 func micros(d time.Duration) int64 { return d.Microseconds() }
 
-// retention is how far behind the newest event (in µs) a group keeps events:
-// the window plus at least five minutes for late arrivals.
-func retention(window time.Duration) int64 {
-	w := micros(window)
-	return w + max(w, micros(minRetention))
+// lateness is how late (µs, behind the group's newest event) an event may
+// arrive and still be sure to count with every event it shares a window
+// with: the window, and at least five minutes.
+func lateness(window time.Duration) int64 { return max(micros(window), micros(minLateness)) }
+
+// retention is how far behind the newest event (µs) a correlation group
+// keeps events: a late event's window reaches that far back.
+func retention(window time.Duration) int64 { return micros(window) + lateness(window) }
+
+// idleLimit is how long (µs), in event time, a correlation group may go
+// without an event before the next one starts it afresh; Redis keeps its
+// keys as long in wall-clock time. Until it alerts that is the retention:
+// no event older can count any more. After an alert its suppression zone
+// must be remembered too, and a while longer its suppressed count. For a
+// live stream event and wall-clock time agree; for recorded events
+// published at once, event time keeps the service and replay alike.
+func idleLimit(u Update, alerted bool) int64 {
+	if alerted {
+		return max(micros(u.Window), micros(u.Suppress)) + lateness(u.Window) + micros(alertedGrace)
+	}
+	return retention(u.Window)
 }
 
-// idleLimit is how long, in event time, a group may go without an event
-// before the next one starts it afresh: its key TTL, in microseconds. Redis
-// also expires the keys in wall-clock time; for a live stream the two agree,
-// and for recorded events published at once this keeps the service and
-// replay alike.
-func idleLimit(u Update) int64 { return keyTTL(u).Milliseconds() * 1000 }
-
-// keyTTL is how long Redis keeps a group after its last update.
-func keyTTL(u Update) time.Duration {
-	return time.Duration(retention(u.Window)+micros(u.Suppress))*time.Microsecond + keyGrace
+// newValueLimit is the same for a new-value group: its values matter for
+// History, its first event for Learn.
+func newValueLimit(u Update) int64 {
+	return max(micros(u.History), micros(u.Learn)) + micros(minLateness)
 }
