@@ -431,6 +431,13 @@ func (p *Publisher) Publish(ctx context.Context, msgs []Message) error {
 		return err
 	}
 	if err := pc.confirmed(ctx, blocked, msgs, confirms); err != nil {
+		if errors.Is(err, ErrNacked) {
+			// A channel can go on being nacked whatever it publishes (after
+			// the leader of a quorum queue it published to died, a fresh
+			// channel is confirmed and the old one never again): the
+			// caller's retry goes out on a new channel.
+			_ = pc.conn.bounded(context.Background(), closeTimeout, pc.ch.Close)
+		}
 		return err
 	}
 	return p.checkReturns(ctx, pc, msgs)
