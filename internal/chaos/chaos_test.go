@@ -299,6 +299,7 @@ func (r *run) finish(check alertCheck, extra [][]byte) {
 	for _, d := range drain(r.t, r.url, r.alerts) {
 		bodies = append(bodies, d.Body)
 	}
+	check.logged = r.svc.alertsLogged()
 	checkAlerts(r.t, r.in, bodies, check, r.f)
 	checkDeadLetters(r.t, r.in, drain(r.t, r.url, r.dlq), r.queue, r.f)
 }

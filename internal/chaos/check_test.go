@@ -72,6 +72,9 @@ type alertCheck struct {
 	// mayDiffer are fields that may differ from replay's: such alerts are
 	// counted in differ, not failed.
 	mayDiffer []string
+	// logged is when the service logged each alert as published, for
+	// failure messages.
+	logged map[string]time.Time
 }
 
 // checkAlerts checks what came out of the alert queue against replay:
@@ -152,7 +155,12 @@ func checkAlerts(t *testing.T, in *input, bodies [][]byte, c alertCheck, f *figu
 			t.Errorf("... and %d more alerts missing", len(missing)-10)
 			break
 		}
-		t.Errorf("alert %s never arrived: replay raised %.300s", id, in.expected[id])
+		confirmed := "the service never logged it as published"
+		if at, ok := c.logged[id]; ok {
+			confirmed = "the service logged it as published at " + at.Format(time.RFC3339Nano)
+		}
+		t.Errorf("alert %s never arrived (%s; its events are messages %v): replay raised %.300s",
+			id, confirmed, in.alertEvents[id], in.expected[id])
 	}
 }
 
