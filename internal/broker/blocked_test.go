@@ -106,3 +106,42 @@ func TestABlockedConnectionEndsTheConfirmWaitAtOnce(t *testing.T) {
 		t.Errorf("OnBlocked calls %v, want blocked, unblocked, blocked...", blockedCalls)
 	}
 }
+
+// A connection opened during an alarm is blocked only once it publishes: the
+// publisher probes as it opens its channel, so it reports the block before
+// it has anything of its own to publish (a start, or a reconnect, during
+// the alarm).
+func TestAPublisherOpenedDuringAnAlarmReportsItBeforePublishing(t *testing.T) {
+	t.Parallel()
+	node := testenv.StartRabbitMQ(t, testenv.RabbitMQOptions{})
+	q := testenv.Name(t, "alerts")
+	node.SetMemoryAlarm(true)
+	alarmOn := true
+	t.Cleanup(func() {
+		if alarmOn {
+			node.SetMemoryAlarm(false)
+		}
+	})
+	p := newTestPublisher(t, PublisherConfig{URLs: []string{node.URL()}, Queues: []string{q}})
+	stop := runPublisher(t, p)
+	waitFor(t, 60*time.Second, "blocked without a publish of its own", func() bool { _, b := p.Blocked(); return b })
+
+	node.SetMemoryAlarm(false)
+	alarmOn = false
+	waitFor(t, 30*time.Second, "unblocked", func() bool { _, b := p.Blocked(); return !b })
+	msgs := []Message{{Queue: q, MessageID: "m", Body: []byte("{}")}}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := p.Publish(context.Background(), msgs)
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("Publish after the alarm: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}

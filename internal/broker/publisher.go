@@ -377,17 +377,43 @@ func (p *Publisher) openChannel(ctx context.Context, pc *pubConn) (*pubChannel, 
 		returns := ch.NotifyReturn(make(chan amqp.Return, 64))
 		rt := newReturnTracker(returns)
 		go rt.run()
-		if err := ch.Confirm(false); err != nil {
+		fail := func(err error) error {
 			if !ch.IsClosed() {
 				_ = ch.Close()
 			}
 			<-rt.done
-			return fmt.Errorf("enable confirms: %w", err)
+			return err
+		}
+		if err := ch.Confirm(false); err != nil {
+			return fail(fmt.Errorf("enable confirms: %w", err))
+		}
+		if err := probeAlarm(ctx, ch); err != nil {
+			return fail(err)
 		}
 		out = &pubChannel{conn: pc, ch: ch, closes: closes, returns: rt}
 		return nil
 	})
 	return out, err
+}
+
+// probeKey routes nowhere: no client can declare a queue whose name starts
+// with "amq.", so the default exchange drops a message sent with it.
+const probeKey = "amq.audit-log-analysis.alarm-probe"
+
+// probeAlarm publishes one empty, transient message that no queue receives.
+// RabbitMQ tells a connection that a memory or disk alarm blocks it only
+// when the connection publishes; without the probe, a connection opened
+// during an alarm (a reconnect, a start) would look ready, and health would
+// say so, until the first alert of a batch got stuck.
+func probeAlarm(ctx context.Context, ch *amqp.Channel) error {
+	_, err := ch.PublishWithDeferredConfirmWithContext(ctx, "", probeKey, false, false, amqp.Publishing{
+		DeliveryMode: amqp.Transient,
+		Type:         "alarm-probe",
+	})
+	if err != nil {
+		return fmt.Errorf("publish the alarm probe: %w", err)
+	}
+	return nil
 }
 
 // Publish sends msgs as persistent, mandatory messages on the default
