@@ -52,8 +52,15 @@ type Event struct {
 	// Raw is the message body.
 	Raw []byte
 
+	// text is the body as a string: every string field, key and member
+	// is a substring of it, so decoding allocates it once instead of once
+	// per field.
+	text    string
 	top     object
 	details object
+	// members backs top and details for bodies of up to 16 members in
+	// all, which saves their allocations.
+	members [16]member
 }
 
 // Reason classifies why a body can never become an event. The values are
@@ -131,13 +138,14 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 		}
 		return nil, reject(ReasonNotObject, "body is JSON but not an object")
 	}
-	if !json.Valid(trimmed) {
+	if !valid(trimmed) {
 		// Say where, as encoding/json would.
 		var v any
 		err := json.Unmarshal(trimmed, &v)
 		return nil, reject(ReasonInvalidJSON, "body is not a JSON object: %v", err)
 	}
-	ev := &Event{Raw: body, top: scanObject(trimmed)}
+	ev := &Event{Raw: body, text: string(trimmed)}
+	ev.top = scanObject(ev.members[:0], ev.text)
 	for _, name := range stringFields {
 		raw, ok := ev.top.get(name)
 		if !ok {
@@ -153,7 +161,9 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 		if len(raw) == 0 || raw[0] != '{' {
 			return nil, reject(ReasonWrongType, "field %q: want an object", "details")
 		}
-		ev.details = scanObject(raw)
+		// The members after top's, unless top outgrew the array.
+		rest := ev.members[min(len(ev.top), len(ev.members)):]
+		ev.details = scanObject(rest[:0], raw)
 	}
 	for _, fb := range []struct {
 		dst  *string
@@ -186,10 +196,10 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 	return ev, nil
 }
 
-func isNull(raw []byte) bool { return string(raw) == "null" }
+func isNull(raw string) bool { return raw == "null" }
 
 // decodeString accepts a JSON string or null (""). raw is valid JSON.
-func decodeString(raw []byte) (string, error) {
+func decodeString(raw string) (string, error) {
 	if isNull(raw) {
 		return "", nil
 	}
@@ -197,6 +207,16 @@ func decodeString(raw []byte) (string, error) {
 		return "", errors.New("want a string")
 	}
 	return unquote(raw), nil
+}
+
+// isLower reports whether s has no upper-case ASCII letter.
+func isLower(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return false
+		}
+	}
+	return true
 }
 
 func truncate(s string, n int) string {
@@ -211,6 +231,10 @@ func truncate(s string, n int) string {
 func deriveKey(id string, body []byte) string {
 	if id != "" {
 		if u, err := uuid.Parse(id); err == nil && len(id) == 36 {
+			if isLower(id) {
+				// Already canonical: u.String() would be a copy.
+				return id
+			}
 			return u.String()
 		}
 		return uuid.NewSHA1(Namespace, append([]byte("event_id\x00"), id...)).String()
@@ -280,7 +304,7 @@ func (e *Event) has(name string) bool {
 // lookup walks a dotted path through nested objects.
 func (e *Event) lookup(dotted string) (string, bool) {
 	parts := strings.Split(dotted, ".")
-	var cur []byte
+	var cur string
 	var ok bool
 	if parts[0] == "details" && e.details != nil && len(parts) > 1 {
 		cur, ok = e.details.get(parts[1])
@@ -293,7 +317,7 @@ func (e *Event) lookup(dotted string) (string, bool) {
 		if len(cur) == 0 || cur[0] != '{' {
 			return "", false
 		}
-		cur, ok = scanObject(cur).get(parts[0])
+		cur, ok = scanObject(nil, cur).get(parts[0])
 		parts = parts[1:]
 	}
 	if !ok || len(cur) == 0 || isNull(cur) {
@@ -306,6 +330,6 @@ func (e *Event) lookup(dotted string) (string, bool) {
 	case '{', '[':
 		return "", false
 	default:
-		return string(cur), true
+		return cur, true
 	}
 }

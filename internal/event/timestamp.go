@@ -9,11 +9,11 @@ import (
 	"time"
 )
 
-func decodeTimestamp(raw []byte) (time.Time, error) {
+func decodeTimestamp(raw string) (time.Time, error) {
 	if len(raw) > 0 && raw[0] != '"' {
 		// A number is taken as Unix seconds (with a fraction), the other
 		// common way producers write time.
-		f, err := strconv.ParseFloat(string(raw), 64)
+		f, err := strconv.ParseFloat(raw, 64)
 		if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || f < 0 || f > 1e11 {
 			return time.Time{}, errors.New("want an ISO 8601 string or Unix seconds")
 		}
