@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/google/uuid"
 )
@@ -52,9 +53,9 @@ type Event struct {
 	// Raw is the message body.
 	Raw []byte
 
-	// text is the body as a string: every string field, key and member
-	// is a substring of it, so decoding allocates it once instead of once
-	// per field.
+	// text is the body, trimmed, as a string sharing Raw's memory: every
+	// string field, key and member is a substring of it, so decoding
+	// copies nothing.
 	text    string
 	top     object
 	details object
@@ -116,7 +117,9 @@ var stringFields = []string{
 }
 
 // Decode turns a message body into an Event. Every error it returns is a
-// *DecodeError: the body can never be processed.
+// *DecodeError: the body can never be processed. The event keeps body (as
+// Raw, for the alerts it raises) and shares its memory for its fields:
+// the caller must not change body afterwards.
 //
 // Field names match exactly (encoding/json would also match "USER_ID" to
 // user_id), invalid UTF-8 is refused rather than silently replaced, and a
@@ -144,7 +147,7 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 		err := json.Unmarshal(trimmed, &v)
 		return nil, reject(ReasonInvalidJSON, "body is not a JSON object: %v", err)
 	}
-	ev := &Event{Raw: body, text: string(trimmed)}
+	ev := &Event{Raw: body, text: unsafe.String(&trimmed[0], len(trimmed))}
 	ev.top = scanObject(ev.members[:0], ev.text)
 	for _, name := range stringFields {
 		raw, ok := ev.top.get(name)
