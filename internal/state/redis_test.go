@@ -120,6 +120,23 @@ func TestRedis(t *testing.T) {
 	})
 }
 
+// A one-event group of a plain threshold (a failed login of a new user)
+// is one key, kept as long as a late event may count: the window plus the
+// lateness. No suppression state exists before an alert.
+func TestRedisOneEventGroupIsOneKeyForTheWindowPlusLateness(t *testing.T) {
+	t.Parallel()
+	s, c, prefix := newRedisStore(t)
+	one := defaultRule()
+	one.key = "0fa8"
+	if _, err := s.Apply(t.Context(), []Update{one.ev("only", 0)}); err != nil {
+		t.Fatal(err)
+	}
+	checkTTL(t, c, prefix+"{0fa8}", []string{":0"}, 6*time.Minute)
+	if keys, err := scanKeys(t.Context(), c, prefix+"{0fa8}"); err != nil || len(keys) != 1 {
+		t.Errorf("keys of a one-event group %v (%v), want the one sorted set", keys, err)
+	}
+}
+
 func TestRedisKeysShareTheGroupSlotAndExpire(t *testing.T) {
 	t.Parallel()
 	s, c, prefix := newRedisStore(t)
