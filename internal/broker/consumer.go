@@ -686,6 +686,21 @@ func (c *Consumer) collect(ctx context.Context, s *consumerSession) ([]Delivery,
 	t := time.NewTimer(c.cfg.BatchWait)
 	defer t.Stop()
 	for {
+		// Deliveries already waiting are taken without the full select,
+		// which locks every channel it waits on: during a backlog that
+		// was a select per delivery. The batch is bounded, and a lost
+		// channel closes deliveries, so the checks below still come.
+		select {
+		case d, ok := <-deliveries:
+			if !ok {
+				return batch, drained
+			}
+			if !take(s.wrap(d)) {
+				return batch, more
+			}
+			continue
+		default:
+		}
 		select {
 		case d, ok := <-deliveries:
 			if !ok {
