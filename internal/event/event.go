@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"path"
 	"strings"
 	"time"
@@ -59,8 +60,8 @@ type Event struct {
 	text    string
 	top     object
 	details object
-	// members backs top and details for bodies of up to 16 members in
-	// all, which saves their allocations.
+	// members backs top's and details' members for bodies of up to 16
+	// in all, which saves their allocations.
 	members [16]member
 }
 
@@ -128,6 +129,10 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 	if maxBytes > 0 && len(body) > maxBytes {
 		return nil, reject(ReasonTooLarge, "body is %d bytes, the limit is %d", len(body), maxBytes)
 	}
+	if uint64(len(body)) > math.MaxUint32 {
+		// Members are kept as 32-bit offsets.
+		return nil, reject(ReasonTooLarge, "body is %d bytes, the limit is 4 GiB", len(body))
+	}
 	trimmed := bytes.TrimSpace(body)
 	if len(trimmed) == 0 {
 		return nil, reject(ReasonEmpty, "body is empty")
@@ -165,7 +170,7 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 			return nil, reject(ReasonWrongType, "field %q: want an object", "details")
 		}
 		// The members after top's, unless top outgrew the array.
-		rest := ev.members[min(len(ev.top), len(ev.members)):]
+		rest := ev.members[min(len(ev.top.members), len(ev.members)):]
 		ev.details = scanObject(rest[:0], raw)
 	}
 	for _, fb := range []struct {
@@ -309,7 +314,7 @@ func (e *Event) lookup(dotted string) (string, bool) {
 	parts := strings.Split(dotted, ".")
 	var cur string
 	var ok bool
-	if parts[0] == "details" && e.details != nil && len(parts) > 1 {
+	if parts[0] == "details" && e.details.members != nil && len(parts) > 1 {
 		cur, ok = e.details.get(parts[1])
 		parts = parts[2:]
 	} else {

@@ -5,55 +5,67 @@ import (
 	"strings"
 )
 
-// member is one key of a JSON object and its value's raw text, both
-// substrings of the event's text.
+// member is one key of a JSON object, as its literal with the quotes, and
+// its value's raw text, both as offsets into the object's text: small
+// enough for an event to hold a body's members inline.
 type member struct {
-	key string
-	raw string
+	key, val span
+	// escaped: the key literal has an escape, so it must be decoded to
+	// be compared.
+	escaped bool
 }
+
+type span struct{ start, end uint32 }
 
 // object is a JSON object's members in document order. Lookups return the
 // last member with a key, as encoding/json and Python's json do for
 // duplicate keys.
-type object []member
+type object struct {
+	text    string
+	members []member
+}
 
 func (o object) get(key string) (string, bool) {
-	for i := len(o) - 1; i >= 0; i-- {
-		if o[i].key == key {
-			return o[i].raw, true
+	for i := len(o.members) - 1; i >= 0; i-- {
+		m := o.members[i]
+		lit := o.text[m.key.start:m.key.end]
+		if (!m.escaped && lit[1:len(lit)-1] == key) || (m.escaped && unquote(lit) == key) {
+			return o.text[m.val.start:m.val.end], true
 		}
 	}
 	return "", false
 }
 
-// scanObject appends the members of a JSON object to dst and returns them.
-// data must be valid JSON (checked with valid first) and start with '{'
-// after white space: the scanner relies on that and only finds boundaries,
-// so one validation pass and one scan replace encoding/json's repeated
-// passes over nested values. Keys and values are substrings of data, so
-// scanning allocates nothing beyond dst's growth (and keys with escapes).
-func scanObject(dst object, data string) object {
+// scanObject appends the members of a JSON object to dst and returns the
+// object. data must be valid JSON (checked with valid first), start with
+// '{' after white space and be shorter than 4 GiB: the scanner relies on
+// that and only finds boundaries, so one validation pass and one scan
+// replace encoding/json's repeated passes over nested values. Scanning
+// allocates nothing beyond dst's growth.
+func scanObject(dst []member, data string) object {
+	obj := object{text: data, members: dst}
 	i := skipSpace(data, 0)
 	if i >= len(data) || data[i] != '{' {
-		return dst
+		return obj
 	}
 	i++
 	for {
 		i = skipSpace(data, i)
 		if i >= len(data) || data[i] == '}' {
-			return dst
+			return obj
 		}
 		if data[i] == ',' {
 			i++
 			continue
 		}
 		end := skipString(data, i)
-		key := unquote(data[i:end])
+		key := span{uint32(i), uint32(end)}
+		escaped := strings.IndexByte(data[i+1:end-1], '\\') >= 0
 		i = skipSpace(data, end)
 		i++ // ':'
 		i = skipSpace(data, i)
 		vend := skipValue(data, i)
-		dst = append(dst, member{key: key, raw: data[i:vend]})
+		obj.members = append(obj.members, member{key: key, val: span{uint32(i), uint32(vend)}, escaped: escaped})
 		i = vend
 	}
 }
