@@ -111,10 +111,47 @@ var Fields = []string{
 }
 
 // stringFields are the top-level fields that must be strings (or null):
-// every normalised field but the timestamp.
-var stringFields = []string{
+// every normalised field but the timestamp. Decode checks them in this
+// order.
+var stringFields = [...]string{
 	"event_id", "source_service", "server_hostname", "event_type", "severity",
 	"user_id", "action_result", "resource", "client_ip",
+}
+
+// The other top-level fields Decode reads, numbered after stringFields.
+const (
+	fieldTimestamp = len(stringFields) + iota
+	fieldDetails
+)
+
+// topField numbers the top-level fields Decode reads: the index in
+// stringFields, fieldTimestamp or fieldDetails; -1 for any other key.
+func topField(key string) int {
+	switch key {
+	case "event_id":
+		return 0
+	case "source_service":
+		return 1
+	case "server_hostname":
+		return 2
+	case "event_type":
+		return 3
+	case "severity":
+		return 4
+	case "user_id":
+		return 5
+	case "action_result":
+		return 6
+	case "resource":
+		return 7
+	case "client_ip":
+		return 8
+	case "timestamp":
+		return fieldTimestamp
+	case "details":
+		return fieldDetails
+	}
+	return -1
 }
 
 // Decode turns a message body into an Event. Every error it returns is a
@@ -154,18 +191,27 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 	}
 	ev := &Event{Raw: body, text: unsafe.String(&trimmed[0], len(trimmed))}
 	ev.top = scanObject(ev.members[:0], ev.text)
-	for _, name := range stringFields {
-		raw, ok := ev.top.get(name)
-		if !ok {
+	// One pass over the members finds the fields Decode reads, the last
+	// of duplicates winning as in get; they are then checked in the
+	// order of stringFields, so the first wrong one named is the same.
+	var raws [len(stringFields) + 2]string
+	var found [len(stringFields) + 2]bool
+	for _, m := range ev.top.members {
+		if f := topField(ev.top.key(m)); f >= 0 {
+			raws[f], found[f] = ev.top.value(m), true
+		}
+	}
+	for f, name := range stringFields {
+		if !found[f] {
 			continue
 		}
-		s, err := decodeString(raw)
+		s, err := decodeString(raws[f])
 		if err != nil {
 			return nil, reject(ReasonWrongType, "field %q: %v", name, err)
 		}
 		*ev.normalised(name) = s
 	}
-	if raw, ok := ev.top.get("details"); ok && !isNull(raw) {
+	if raw, ok := raws[fieldDetails], found[fieldDetails]; ok && !isNull(raw) {
 		if len(raw) == 0 || raw[0] != '{' {
 			return nil, reject(ReasonWrongType, "field %q: want an object", "details")
 		}
@@ -190,7 +236,7 @@ func Decode(body []byte, maxBytes int) (*Event, error) {
 		}
 		*fb.dst = s
 	}
-	if raw, ok := ev.top.get("timestamp"); ok && !isNull(raw) {
+	if raw, ok := raws[fieldTimestamp], found[fieldTimestamp]; ok && !isNull(raw) {
 		ts, err := decodeTimestamp(raw)
 		if err != nil {
 			// An unreadable time is not a reason to lose the event: it

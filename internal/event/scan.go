@@ -25,6 +25,18 @@ type object struct {
 	members []member
 }
 
+// key is m's key, decoded.
+func (o object) key(m member) string {
+	lit := o.text[m.key.start:m.key.end]
+	if m.escaped {
+		return unquote(lit)
+	}
+	return lit[1 : len(lit)-1]
+}
+
+// value is m's value's raw text.
+func (o object) value(m member) string { return o.text[m.val.start:m.val.end] }
+
 func (o object) get(key string) (string, bool) {
 	for i := len(o.members) - 1; i >= 0; i-- {
 		m := o.members[i]
@@ -58,9 +70,8 @@ func scanObject(dst []member, data string) object {
 			i++
 			continue
 		}
-		end := skipString(data, i)
+		end, escaped := scanString(data, i)
 		key := span{uint32(i), uint32(end)}
-		escaped := strings.IndexByte(data[i+1:end-1], '\\') >= 0
 		i = skipSpace(data, end)
 		i++ // ':'
 		i = skipSpace(data, i)
@@ -81,22 +92,27 @@ func skipSpace[T string | []byte](data T, i int) int {
 
 // skipString returns the index just past the string starting at data[i].
 func skipString(data string, i int) int {
+	end, _ := scanString(data, i)
+	return end
+}
+
+// scanString returns the index just past the string starting at data[i]
+// and whether it has an escape. Keys and values are short: a loop beats
+// searching for the quote and then for a backslash.
+func scanString(data string, i int) (end int, escaped bool) {
 	i++
-	// Most strings have no escape: find the closing quote at once.
-	if j := strings.IndexByte(data[i:], '"'); j >= 0 && strings.IndexByte(data[i:i+j], '\\') < 0 {
-		return i + j + 1
-	}
 	for i < len(data) {
 		switch data[i] {
 		case '\\':
+			escaped = true
 			i += 2
 		case '"':
-			return i + 1
+			return i + 1, escaped
 		default:
 			i++
 		}
 	}
-	return i
+	return i, escaped
 }
 
 // skipValue returns the index just past the value starting at data[i].
