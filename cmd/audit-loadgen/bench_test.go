@@ -182,6 +182,9 @@ func TestBenchmarkPackagesAreFoundFromTheirTests(t *testing.T) {
 	if strings.Join(got, " ") != "./internal/a" {
 		t.Errorf("packages with benchmarks: %v, want [./internal/a]", got)
 	}
+	if m := modulePath(dir); m != "x" {
+		t.Errorf("module path %q, want x", m)
+	}
 }
 
 func TestMetricValueSumsTheSeriesOfOneName(t *testing.T) {

@@ -190,7 +190,26 @@ func runGoBench(ctx context.Context, dir, benchtime string, env []string, log io
 		return nil, display, fmt.Errorf("%s: %w\n%s", display, err, tailLines(out.String(), 30))
 	}
 	res, err := parseGoBench(&out)
+	if mod := modulePath(dir); mod != "" {
+		for i := range res {
+			res[i].Package = strings.TrimPrefix(res[i].Package, mod+"/")
+		}
+	}
 	return res, display, err
+}
+
+// modulePath reads the module line of dir/go.mod ("" when there is none).
+func modulePath(dir string) string {
+	b, err := os.ReadFile(filepath.Join(dir, "go.mod"))
+	if err != nil {
+		return ""
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if m, ok := strings.CutPrefix(strings.TrimSpace(line), "module "); ok {
+			return strings.Trim(strings.TrimSpace(m), `"`)
+		}
+	}
+	return ""
 }
 
 // quoteArgs quotes the arguments a shell would split or expand.
