@@ -283,6 +283,17 @@ func render(w io.Writer, r *benchResults, prev previousFile) error {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", mdEscape(f.Label), med, rangeText, prevText)
 	}
 	b.WriteString("\n")
+	if old != nil {
+		fmt.Fprintf(&b, "The previous figures are those of %s", old.Date.UTC().Format("2006-01-02 15:04 UTC"))
+		if old.Revision != "" {
+			fmt.Fprintf(&b, " at revision `%s`", old.Revision)
+		}
+		fmt.Fprintf(&b, ": `%s`", old.Command)
+		if busy, why := machineBusy(old); busy {
+			fmt.Fprintf(&b, ", on a busy machine (%s)", why)
+		}
+		b.WriteString(".\n\n")
+	}
 	if len(r.Notes) > 0 {
 		b.WriteString("How they were measured:\n\n")
 		for _, n := range r.Notes {
