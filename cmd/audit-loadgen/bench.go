@@ -332,6 +332,7 @@ func (b *bench) summarize(res *benchResults, rounds []roundResult, window time.D
 		add(k+".p99", "event-to-alert p99"+at, "ms", func(r roundResult) float64 { return r.latency[load].P99 })
 		add(k+".max", "event-to-alert max"+at, "ms", func(r roundResult) float64 { return r.latency[load].Max })
 		add(k+".samples", "alerts measured"+at, "samples", func(r roundResult) float64 { return float64(r.latency[load].Samples) })
+		add(k+".achieved", "rate the events went out at"+at, "events/s", func(r roundResult) float64 { return r.latency[load].Achieved })
 	}
 	add("replay.one_core", "replay, GOMAXPROCS=1", "events/s", func(r roundResult) float64 { return r.replayOne })
 	add("replay.all_cores", fmt.Sprintf("replay, all %d cores", runtime.NumCPU()), "events/s", func(r roundResult) float64 { return r.replayAll })
@@ -346,7 +347,7 @@ func (b *bench) summarize(res *benchResults, rounds []roundResult, window time.D
 			"The reference is `audit-loadgen ackonly`: a bare amqp091-go consumer, prefetch 500, one multiple ack per 250 deliveries or when none is waiting.",
 			thousands(float64(b.cfg.Events)), b.cfg.Events),
 		"CPU per event: utime + stime of /proc/PID/stat between the two moments above, divided by the events; peak RSS: VmHWM of /proc/PID/status at the end of the drain.",
-		"Latency: " + b.latencyNote + " Events are published at the fixed rate with publisher confirms; alerts are consumed from the service's alert queue and matched to the event that raised them by correlation_id; latency is from that event's publish to the alert's arrival (as `audit-loadgen publish` reports it).",
+		"Latency: " + b.latencyNote + " Events are published at the fixed rate with publisher confirms; alerts are consumed from the service's alert queue and matched to the event that raised them by correlation_id; latency is from that event's publish to the alert's arrival (as `audit-loadgen publish` reports it). The publisher runs on the same machine: when the rate the events went out at is below the offered load, it could not keep up.",
 		fmt.Sprintf("Replay: `audit-log-analysis replay --quiet FILE` over `audit-loadgen sample -n %d`, alerts to /dev/null; wall time of the whole process, events as its summary counts them.", b.cfg.ReplayEvents),
 		fmt.Sprintf("Redis: %s failed logins (`user_login`/`FAILURE`) of distinct users on one host, one event per ANLY-SEC-001 group, timestamped now. "+
 			"Bytes are the sum of `MEMORY USAGE key SAMPLES 0` over the run's keys (the service's state-loss marker keys left out), divided by the groups; INFO used_memory is not used, as other clients share the server. "+

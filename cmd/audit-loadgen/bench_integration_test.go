@@ -86,6 +86,7 @@ func TestBenchWritesBenchmarksWithSaneFiguresAndCleansUp(t *testing.T) {
 		{"rss.service", 1, 1024},
 		{"latency.2000.p50", 0, 1e4},
 		{"latency.2000.samples", 1, 1e6},
+		{"latency.2000.achieved", 100, 1e5},
 		{"replay.one_core", 1, 1e8},
 		{"replay.all_cores", 1, 1e8},
 		{"redis.bytes_per_group", 10, 1e5},

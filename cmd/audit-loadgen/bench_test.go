@@ -225,6 +225,7 @@ func sampleResults(date time.Time, drain float64) *benchResults {
 			newFigure("replay.one_core", "replay", "events/s", []float64{nan, nan, nan}),
 			newFigure("redis.bytes_per_group", "bytes", "B", []float64{160, 170, 168}),
 			newFigure("redis.max_ttl", "ttl", "s", []float64{359.9, 360.5, 359}),
+			newFigure("latency.5000.p99", "p99 at 5,000/s", "ms", []float64{1317.6, 81, 4642.7}),
 		},
 		GoBench: []goBenchResult{{Package: "m/internal/replay", Name: "BenchmarkReplay", Iterations: 10, NsPerOp: 1234567, BytesPerOp: 2048, AllocsPerOp: 12, Other: map[string]float64{"events/s": 300000}}},
 	}
@@ -247,6 +248,7 @@ func TestBenchmarksFileRendersTargetsAndReadsBack(t *testing.T) {
 		"keys gone within window + lateness (6m0s) | 360.50 s longest | **not met** |",
 		`Test CPU \| with a bar, 2 logical cores`,
 		"| BenchmarkReplay | 1,234,567 | 2,048 | 12 | 300,000 events/s | — |",
+		"| p99 at 5,000/s | 1,318 ms | 81.00 – 4,643 ms |",
 		defaultProfileFindings,
 	} {
 		if !strings.Contains(md, want) {

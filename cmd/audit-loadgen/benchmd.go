@@ -372,6 +372,9 @@ func formatNumber(v float64, unit string) string {
 	case "ratio":
 		return strconv.FormatFloat(v, 'f', 3, 64)
 	case "µs", "ms", "MiB", "keys", "s":
+		if math.Abs(v) >= 1000 {
+			return thousands(v)
+		}
 		return strconv.FormatFloat(v, 'f', 2, 64)
 	}
 	return strconv.FormatFloat(v, 'g', 4, 64)
