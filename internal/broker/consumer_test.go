@@ -383,7 +383,7 @@ func TestConsumerStopsWhenTheHandlerBreaksItsContract(t *testing.T) {
 	h := HandlerFunc(func(context.Context, []Delivery) ([]Disposition, error) {
 		return []Disposition{Ack}, nil // one short whatever the batch size
 	})
-	c, err := NewConsumer(ConsumerConfig{URLs: []string{a.url}, Queue: q, Prefetch: 2, BatchWait: 100 * time.Millisecond, Logger: testLogger(t)})
+	c, err := NewConsumer(ConsumerConfig{URLs: []string{a.url}, Queue: q, Prefetch: 2, BatchSize: 2, BatchWait: 100 * time.Millisecond, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
