@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +28,10 @@ type ConsumerConfig struct {
 	// missing queue is declared: durable, of type QueueType, with no other
 	// argument.
 	Queue string
+	// Queues, instead of Queue, are several queues consumed at once on the
+	// one channel, each as Queue would be, sharing the one prefetch count
+	// and byte budget: each queue's consumer gets its share of them.
+	Queues []string
 	// QueueType is QueueClassic (the default) or QueueQuorum.
 	QueueType string
 	// Prefetch is the most unacknowledged deliveries (1 to 65535): the
@@ -90,6 +95,8 @@ type Delivery struct {
 	// Redelivered is set when the broker delivered the message before
 	// without it being settled.
 	Redelivered bool
+	// Queue is the queue the message was consumed from.
+	Queue string
 	// DeliveryCount is how many times the broker delivered the message
 	// before without it being settled, as quorum queues count it
 	// (x-delivery-count); 0 on a first delivery and on queues that do not
@@ -139,9 +146,11 @@ func (f HandlerFunc) Handle(ctx context.Context, batch []Delivery) ([]Dispositio
 	return f(ctx, batch)
 }
 
-// Consumer consumes one queue in batches over its own connection.
+// Consumer consumes one queue, or several, in batches over its own
+// connection and one channel.
 type Consumer struct {
 	cfg       ConsumerConfig
+	queues    []string // Queue, or Queues
 	log       *slog.Logger
 	state     linkState
 	dialer    dialer
@@ -158,8 +167,19 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if cfg.Queue == "" {
+	queues := cfg.Queues
+	if cfg.Queue != "" {
+		queues = append([]string{cfg.Queue}, queues...)
+	}
+	if len(queues) == 0 {
 		errs = append(errs, errors.New("queue name is empty"))
+	}
+	for i, q := range queues {
+		if q == "" {
+			errs = append(errs, errors.New("queue name is empty"))
+		} else if slices.Contains(queues[:i], q) {
+			errs = append(errs, fmt.Errorf("queue %q is named twice", q))
+		}
 	}
 	if cfg.QueueType == "" {
 		cfg.QueueType = QueueClassic
@@ -200,9 +220,11 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	}
 	cfg.URLs = slices.Clone(cfg.URLs)
 	cfg.DepthQueues = slices.Clone(cfg.DepthQueues)
-	log := discardLogger(cfg.Logger).With("component", "broker.consumer", "queue", cfg.Queue)
+	queues = slices.Clone(queues)
+	log := discardLogger(cfg.Logger).With("component", "broker.consumer", "queue", strings.Join(queues, ","))
 	return &Consumer{
 		cfg:       cfg,
+		queues:    queues,
 		log:       log,
 		state:     linkState{log: log, onConn: cfg.OnConnection, onError: cfg.OnError},
 		dialer:    dialer{nodes: nodes, name: "audit-log-analysis consumer", tls: cfg.TLS, log: log},
@@ -302,6 +324,14 @@ type consumerSession struct {
 	subs     int  // subscriptions made so far, for unique tags
 	next     int  // the prefetch count of the next subscription
 	stopping bool // no new subscription: shutting down
+	// merged joins the consumers' deliveries when there are several
+	// queues; nextTag is the delivery tag the next merger expects.
+	merged  *merger
+	nextTag uint64
+	// queues are the queues consumed; queueOf names the queue of each
+	// consumer tag when there are several.
+	queues  []string
+	queueOf map[string]string
 
 	lost      chan struct{} // closed when the connection or channel closes or the broker cancels the consumer
 	reason    error         // why lost was closed; written before
@@ -319,10 +349,11 @@ type consumerSession struct {
 	broken error
 }
 
-// subscription is one basic.consume on the session's channel.
+// subscription is one basic.consume per queue on the session's channel,
+// made together and cancelled together.
 type subscription struct {
-	tag        string
-	prefetch   int
+	tags       []string // one consumer tag per queue, in queue order
+	prefetch   int      // the prefetch count the consumers share
 	deliveries <-chan amqp.Delivery
 	cancelled  bool // basic.cancel sent: the deliveries drain, then close
 }
@@ -333,12 +364,14 @@ func (c *Consumer) open(ctx context.Context, gen uint64) (*consumerSession, erro
 		return nil, fmt.Errorf("dial: %w", err)
 	}
 	connClose := l.conn.NotifyClose(make(chan *amqp.Error, 1))
-	q, err := declareQueue(ctx, l, c.cfg.Queue, c.cfg.QueueType)
-	if err != nil {
-		l.close(nil, false)
-		return nil, err
+	for _, name := range c.queues {
+		q, err := declareQueue(ctx, l, name, c.cfg.QueueType)
+		if err != nil {
+			l.close(nil, false)
+			return nil, err
+		}
+		c.depth(name, q.Messages, true)
 	}
-	c.depth(c.cfg.Queue, q.Messages, true)
 	ch, err := l.channel(ctx)
 	if err != nil {
 		l.close(nil, false)
@@ -353,18 +386,27 @@ func (c *Consumer) open(ctx context.Context, gen uint64) (*consumerSession, erro
 		quit:      make(chan struct{}),
 		watchDone: make(chan struct{}),
 		depthDone: make(chan struct{}),
+		nextTag:   1,
+		queues:    c.queues,
+	}
+	if len(c.queues) > 1 {
+		s.queueOf = make(map[string]string, len(c.queues))
 	}
 	s.next = s.window.size()
 	chClose := ch.NotifyClose(make(chan *amqp.Error, 1))
-	cancels := ch.NotifyCancel(make(chan string, 1))
+	// The broker cancels each consumer of a deleted queue: room for one
+	// cancel per queue, so the library never blocks on a full buffer.
+	cancels := ch.NotifyCancel(make(chan string, len(c.queues)))
 	go s.watch(connClose, chClose, cancels, &c.state)
 	go c.watchDepths(s)
 	return s, nil
 }
 
-// subscribe starts consuming with the prefetch count s.next. The count
-// must be set before basic.consume: RabbitMQ applies it to consumers
-// started afterwards only.
+// subscribe starts consuming with the prefetch count s.next, split over
+// the queues. Each count must be set before its basic.consume: RabbitMQ
+// applies it to consumers started afterwards only. Several queues share
+// the count by per-consumer prefetch rather than the channel-wide (global)
+// one, which quorum queues do not support.
 func (c *Consumer) subscribe(ctx context.Context, s *consumerSession) error {
 	s.subMu.Lock()
 	defer s.subMu.Unlock()
@@ -372,16 +414,24 @@ func (c *Consumer) subscribe(ctx context.Context, s *consumerSession) error {
 		return nil
 	}
 	s.subs++
-	sub := subscription{tag: fmt.Sprintf("%s-%d-%d", c.tagPrefix, s.gen, s.subs), prefetch: s.next}
+	sub := subscription{tags: make([]string, len(c.queues)), prefetch: s.next}
+	shares := prefetchShares(sub.prefetch, len(c.queues))
+	sources := make([]<-chan amqp.Delivery, len(c.queues))
 	err := s.bounded(ctx, opTimeout, func() error {
-		if err := s.ch.Qos(sub.prefetch, 0, false); err != nil {
-			return fmt.Errorf("set prefetch %d: %w", sub.prefetch, err)
+		for i, q := range c.queues {
+			tag := fmt.Sprintf("%s-%d-%d", c.tagPrefix, s.gen, s.subs)
+			if len(c.queues) > 1 {
+				tag = fmt.Sprintf("%s-%d", tag, i+1)
+			}
+			if err := s.ch.Qos(shares[i], 0, false); err != nil {
+				return fmt.Errorf("set prefetch %d: %w", shares[i], err)
+			}
+			d, err := s.ch.Consume(q, tag, false, false, false, false, nil)
+			if err != nil {
+				return fmt.Errorf("consume queue %q: %w", q, err)
+			}
+			sub.tags[i], sources[i] = tag, d
 		}
-		d, err := s.ch.Consume(c.cfg.Queue, sub.tag, false, false, false, false, nil)
-		if err != nil {
-			return fmt.Errorf("consume queue %q: %w", c.cfg.Queue, err)
-		}
-		sub.deliveries = d
 		return nil
 	})
 	if err != nil {
@@ -389,6 +439,21 @@ func (c *Consumer) subscribe(ctx context.Context, s *consumerSession) error {
 	}
 	if s.subs > 1 {
 		c.log.Debug("prefetch changed", "prefetch", sub.prefetch)
+	}
+	if len(c.queues) == 1 {
+		sub.deliveries = sources[0]
+	} else {
+		// The previous merger, if any, has closed its output: collect
+		// saw the subscription drained before this one was made.
+		if s.merged != nil {
+			s.nextTag = s.merged.next
+		}
+		clear(s.queueOf)
+		for i, tag := range sub.tags {
+			s.queueOf[tag] = c.queues[i]
+		}
+		s.merged = newMerger(sources, s.nextTag, s.quit)
+		sub.deliveries = s.merged.out
 	}
 	s.sub = sub
 	return nil
@@ -421,11 +486,18 @@ func (s *consumerSession) stopConsuming() error {
 	return s.cancel(closeTimeout)
 }
 
-// cancel sends basic.cancel for the subscription, waiting at most d for
-// the reply; the caller holds subMu.
+// cancel sends basic.cancel for each consumer of the subscription,
+// waiting at most d for the replies; the caller holds subMu.
 func (s *consumerSession) cancel(d time.Duration) error {
 	s.sub.cancelled = true
-	return s.bounded(context.Background(), d, func() error { return s.ch.Cancel(s.sub.tag, false) })
+	return s.bounded(context.Background(), d, func() error {
+		for _, tag := range s.sub.tags {
+			if err := s.ch.Cancel(tag, false); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // watch waits for the first sign that the session is over. Each
@@ -462,7 +534,7 @@ func (c *Consumer) watchDepths(s *consumerSession) {
 	if c.cfg.OnQueueDepth == nil {
 		return
 	}
-	queues := append([]string{c.cfg.Queue}, c.cfg.DepthQueues...)
+	queues := append(slices.Clone(c.queues), c.cfg.DepthQueues...)
 	t := time.NewTicker(c.cfg.DepthInterval)
 	defer t.Stop()
 	var ch *amqp.Channel
@@ -508,6 +580,15 @@ func (c *Consumer) inflight(bytes int64) {
 
 func (s *consumerSession) isLost() bool { return isClosed(s.lost) }
 
+// queueName names the queue a consumer tag consumes. With one queue there
+// is no map to look in.
+func (s *consumerSession) queueName(tag string) string {
+	if s.queueOf == nil {
+		return s.queues[0]
+	}
+	return s.queueOf[tag]
+}
+
 // endReason says why a session that was not asked to stop ended.
 func (s *consumerSession) endReason() error {
 	if s.isLost() {
@@ -538,6 +619,7 @@ func (s *consumerSession) wrap(d amqp.Delivery) Delivery {
 		ContentType:   d.ContentType,
 		Timestamp:     d.Timestamp,
 		Redelivered:   d.Redelivered,
+		Queue:         s.queueName(d.ConsumerTag),
 		DeliveryCount: count,
 		Headers:       d.Headers,
 		gen:           s.gen,
