@@ -291,9 +291,10 @@ func (b *broker) publish(exchange, queue string, msgs []message) {
 		if err := ch.Confirm(false); err != nil {
 			return err
 		}
-		// Published mandatory: a message no queue takes comes back.
-		returns := ch.NotifyReturn(make(chan amqp.Return, 1))
+		// Published mandatory: a message no queue takes comes back,
+		// before its confirm, so a window's returns fit the buffer.
 		const window = 512
+		returns := ch.NotifyReturn(make(chan amqp.Return, window))
 		for start := 0; start < len(msgs); start += window {
 			var confirms []*amqp.DeferredConfirmation
 			for _, m := range msgs[start:min(start+window, len(msgs))] {
