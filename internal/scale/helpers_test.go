@@ -469,6 +469,36 @@ func (r *replica) waitLive() {
 	}
 }
 
+// ready reports whether the replica's /readyz answers 200.
+func (r *replica) ready() bool {
+	resp, err := http.Get("http://127.0.0.1:" + r.env["APP_PORT"] + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// depths returns the queues the replica reports a depth for
+// (audit_analysis_rabbitmq_queue_messages{queue}).
+func (r *replica) depths() map[string]bool {
+	out := map[string]bool{}
+	resp, err := http.Get("http://127.0.0.1:" + r.env["PROMETHEUS_PORT"] + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), `audit_analysis_rabbitmq_queue_messages{queue="`); ok {
+			q, _, _ := strings.Cut(rest, `"`)
+			out[q] = true
+		}
+	}
+	return out
+}
+
 // consumed reads the replica's consumed_total, -1 when it does not answer.
 func (r *replica) consumed() float64 {
 	resp, err := http.Get("http://127.0.0.1:" + r.env["PROMETHEUS_PORT"] + "/metrics")

@@ -61,6 +61,21 @@ func TestTwoReplicasOfFourShardedQueuesRaiseReplaysAlerts(t *testing.T) {
 	}
 	start := time.Now()
 	rs := startReplicas(t, bin, 2, env)
+	for _, r := range rs {
+		deadline := time.Now().Add(30 * time.Second)
+		for !r.ready() && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		if !r.ready() {
+			t.Errorf("%s is not ready while it consumes the four queues", r.name)
+		}
+		depths := r.depths()
+		for _, q := range qs {
+			if !depths[q] {
+				t.Errorf("%s reports no depth for queue %s: it reports %v", r.name, q, depths)
+			}
+		}
+	}
 	got := finish(t, b, bin, env, rs, qs, alerts)
 	t.Logf("2 replicas of 4 queues: %d messages handled and %d alerts in %s", len(in.msgs), len(got),
 		time.Since(start).Round(time.Millisecond))
