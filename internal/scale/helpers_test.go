@@ -29,7 +29,7 @@ import (
 
 // buildService builds the service binary into a directory of the test's
 // own, as make build does.
-func buildService(t *testing.T) string {
+func buildService(t testing.TB) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "audit-log-analysis")
 	goBin, err := exec.LookPath("go")
@@ -71,7 +71,7 @@ type input struct {
 // whichever three arrive first), and a user and host attacked twice keep
 // only the first attack (which of two windows alerts first depends on
 // arrival). README "How stateful rules count" says why.
-func newInput(t *testing.T, bin string, chunks, dupEvery int) *input {
+func newInput(t testing.TB, bin string, chunks, dupEvery int) *input {
 	t.Helper()
 	var stream bytes.Buffer
 	drop := map[string]bool{}
@@ -137,7 +137,7 @@ func newInput(t *testing.T, bin string, chunks, dupEvery int) *input {
 
 // replay runs the binary's replay over msgs and returns its alerts' ids
 // with their event ids.
-func replay(t *testing.T, bin string, msgs []message) map[string][]string {
+func replay(t testing.TB, bin string, msgs []message) map[string][]string {
 	t.Helper()
 	dir := t.TempDir()
 	var lines bytes.Buffer
@@ -161,7 +161,7 @@ func replay(t *testing.T, bin string, msgs []message) map[string][]string {
 }
 
 // alertIDs reads alert bodies into their ids and event ids.
-func alertIDs(t *testing.T, bodies [][]byte) map[string][]string {
+func alertIDs(t testing.TB, bodies [][]byte) map[string][]string {
 	t.Helper()
 	out := map[string][]string{}
 	for _, b := range bodies {
@@ -182,7 +182,7 @@ func alertIDs(t *testing.T, bodies [][]byte) map[string][]string {
 
 // checkAlerts compares the alert ids a run published with replay's, and
 // checks that no planted burst alerted under two ids.
-func checkAlerts(t *testing.T, what string, in *input, got map[string][]string) {
+func checkAlerts(t testing.TB, what string, in *input, got map[string][]string) {
 	t.Helper()
 	var missing, extra []string
 	for id := range in.expected {
@@ -225,12 +225,12 @@ func first(ids []string) []string {
 
 // broker is a connection for the test's own declarations and publishes.
 type broker struct {
-	t    *testing.T
+	t    testing.TB
 	url  string
 	conn *amqp.Connection
 }
 
-func dialBroker(t *testing.T, url string) *broker {
+func dialBroker(t testing.TB, url string) *broker {
 	t.Helper()
 	conn, err := amqp.DialConfig(url, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
 	if err != nil {
@@ -365,7 +365,7 @@ func (b *broker) drain(queue string) [][]byte {
 
 // redisPrefix returns a key prefix of the test's own on the shared Redis,
 // whose keys are deleted when the test ends.
-func redisPrefix(t *testing.T, addr string) string {
+func redisPrefix(t testing.TB, addr string) string {
 	t.Helper()
 	prefix := testenv.Name(t, "scale") + ":"
 	t.Cleanup(func() {
@@ -387,7 +387,7 @@ func redisPrefix(t *testing.T, addr string) string {
 
 // replica is the service binary run as a process.
 type replica struct {
-	t      *testing.T
+	t      testing.TB
 	name   string
 	env    map[string]string
 	log    string
@@ -397,7 +397,7 @@ type replica struct {
 
 // startReplicas starts n replicas with env and waits until each serves
 // /livez.
-func startReplicas(t *testing.T, bin string, n int, env map[string]string) []*replica {
+func startReplicas(t testing.TB, bin string, n int, env map[string]string) []*replica {
 	t.Helper()
 	var rs []*replica
 	for i := range n {
@@ -409,7 +409,7 @@ func startReplicas(t *testing.T, bin string, n int, env map[string]string) []*re
 	return rs
 }
 
-func startReplica(t *testing.T, bin, name string, env map[string]string) *replica {
+func startReplica(t testing.TB, bin, name string, env map[string]string) *replica {
 	t.Helper()
 	r := &replica{t: t, name: name, log: filepath.Join(t.TempDir(), "service.log"), exited: make(chan struct{}), env: map[string]string{
 		"APP_PORT":        strconv.Itoa(testenv.FreePort(t)),
@@ -538,7 +538,7 @@ func (r *replica) stop() {
 // finish waits until the queues hold nothing ready, stops the replicas
 // cleanly and, if deliveries they held came back, runs one replica more
 // until those are handled too; then it returns the alerts published.
-func finish(t *testing.T, b *broker, bin string, env map[string]string, rs []*replica, queues []string, alerts string) map[string][]string {
+func finish(t testing.TB, b *broker, bin string, env map[string]string, rs []*replica, queues []string, alerts string) map[string][]string {
 	t.Helper()
 	for round := 0; ; round++ {
 		deadline := time.Now().Add(60 * time.Second)
