@@ -111,7 +111,8 @@ func newInput(t testing.TB, bin string, chunks, dupEvery int) *input {
 	var events []message
 	for line := range bytes.Lines(stream.Bytes()) {
 		body := bytes.TrimRight(line, "\n")
-		key := "malformed"
+		// Malformed lines spread over the shards, by their position.
+		key := fmt.Sprintf("malformed-%d", len(events))
 		if ev, err := event.Decode(body, event.MaxBodyBytes); err == nil {
 			if drop[ev.ID] {
 				continue
@@ -344,17 +345,27 @@ func (b *broker) ready(queues ...string) int {
 	return n
 }
 
-// drain takes every message from queue.
+// drain takes every message from queue and returns their bodies.
 func (b *broker) drain(queue string) [][]byte {
 	b.t.Helper()
 	var out [][]byte
+	for _, d := range b.drainDeliveries(queue) {
+		out = append(out, d.Body)
+	}
+	return out
+}
+
+// drainDeliveries takes every message from queue.
+func (b *broker) drainDeliveries(queue string) []amqp.Delivery {
+	b.t.Helper()
+	var out []amqp.Delivery
 	err := b.do(func(ch *amqp.Channel) error {
 		for {
 			d, ok, err := ch.Get(queue, true)
 			if err != nil || !ok {
 				return err
 			}
-			out = append(out, d.Body)
+			out = append(out, d)
 		}
 	})
 	if err != nil {

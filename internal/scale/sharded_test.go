@@ -1,6 +1,7 @@
 package scale
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -80,4 +81,29 @@ func TestTwoReplicasOfFourShardedQueuesRaiseReplaysAlerts(t *testing.T) {
 	t.Logf("2 replicas of 4 queues: %d messages handled and %d alerts in %s", len(in.msgs), len(got),
 		time.Since(start).Round(time.Millisecond))
 	checkAlerts(t, "two replicas of four sharded queues", in, got)
+
+	// Malformed messages, sharded like the others, are dead-lettered to
+	// the first queue's dead-letter queue, each naming its own queue.
+	malformed := 0
+	for _, m := range in.msgs {
+		if strings.HasPrefix(m.key, "malformed-") {
+			malformed++
+		}
+	}
+	dls := b.drainDeliveries(qs[0] + ".dead-letter")
+	if len(dls) != malformed {
+		t.Errorf("%d dead letters, want one per malformed message: %d", len(dls), malformed)
+	}
+	from := map[string]int{}
+	for _, d := range dls {
+		q, _ := d.Headers["x-original-queue"].(string)
+		if !slices.Contains(qs, q) {
+			t.Errorf("dead letter with x-original-queue %q, want one of the event queues %v", q, qs)
+			break
+		}
+		from[q]++
+	}
+	if len(from) < 2 {
+		t.Errorf("dead letters came from queues %v: malformed messages spread over the four", from)
+	}
 }
