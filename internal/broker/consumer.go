@@ -35,7 +35,9 @@ type ConsumerConfig struct {
 	// QueueType is QueueClassic (the default) or QueueQuorum.
 	QueueType string
 	// Prefetch is the most unacknowledged deliveries (1 to 65535): the
-	// channel's basic.qos prefetch count when bodies are small.
+	// channel's basic.qos prefetch count when bodies are small, split
+	// over the queues' consumers when there are several (each gets at
+	// least 1).
 	Prefetch int
 	// MaxInflightBytes bounds the bodies the consumer holds: the prefetch
 	// count is lowered so that prefetched deliveries of the largest recent
