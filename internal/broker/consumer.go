@@ -408,7 +408,8 @@ func (c *Consumer) open(ctx context.Context, gen uint64) (*consumerSession, erro
 // the queues. Each count must be set before its basic.consume: RabbitMQ
 // applies it to consumers started afterwards only. Several queues share
 // the count by per-consumer prefetch rather than the channel-wide (global)
-// one, which quorum queues do not support.
+// one, which quorum queues do not support (RabbitMQ 3.10 refuses the
+// consume with 540 NOT_IMPLEMENTED).
 func (c *Consumer) subscribe(ctx context.Context, s *consumerSession) error {
 	s.subMu.Lock()
 	defer s.subMu.Unlock()
