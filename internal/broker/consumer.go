@@ -283,9 +283,9 @@ func (c *Consumer) session(ctx, hctx context.Context, gen uint64, h Handler) att
 	if err != nil {
 		return attempt{err: err}
 	}
-	c.state.up(s.node)
 	start := time.Now()
 
+	// consume reports the consumer up once every queue is consumed.
 	err = c.consume(ctx, hctx, s, h)
 	var reason error
 	switch {
@@ -307,7 +307,13 @@ func (c *Consumer) session(ctx, hctx context.Context, gen uint64, h Handler) att
 	if reason != nil {
 		c.dialer.lost(s.link)
 	}
-	return attempt{up: time.Since(start), err: reason, stop: err}
+	// A session that never consumed counts as a failed attempt to
+	// connect, not as a loss.
+	var up time.Duration
+	if s.consumed {
+		up = time.Since(start)
+	}
+	return attempt{up: up, err: reason, stop: err}
 }
 
 // consumerSession is one connection and its consuming channel: one
@@ -326,6 +332,7 @@ type consumerSession struct {
 	subs     int  // subscriptions made so far, for unique tags
 	next     int  // the prefetch count of the next subscription
 	stopping bool // no new subscription: shutting down
+	consumed bool // a subscription of every queue was made
 	// merged joins the consumers' deliveries when there are several
 	// queues; nextTag is the delivery tag the next merger expects.
 	merged  *merger
@@ -676,6 +683,12 @@ func (c *Consumer) consume(ctx, hctx context.Context, s *consumerSession, h Hand
 	if err := c.subscribe(ctx, s); err != nil {
 		s.broken = err
 		return nil
+	}
+	if s.sub.deliveries != nil {
+		// Up, for health and readiness, only once every queue is
+		// consumed.
+		s.consumed = true
+		c.state.up(s.node)
 	}
 	for {
 		batch, st := c.collect(ctx, s)

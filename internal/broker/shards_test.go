@@ -249,3 +249,44 @@ func TestConsumerOfSeveralQueuesReconnectsWhenOneIsDeleted(t *testing.T) {
 		t.Fatalf("Run returned %v, want nil", err)
 	}
 }
+
+func TestConsumerOfSeveralQueuesIsUpOnlyOnceItConsumesEveryOne(t *testing.T) {
+	t.Parallel()
+	a := newAdmin(t)
+	q1, q2 := a.queue("q1", true), a.queue("q2", true)
+	// Someone else consumes q2 exclusively: the consumer can declare it
+	// but not consume it.
+	conn, err := amqp.Dial(a.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	other, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Consume(q2, "", false, true, false, false, nil); err != nil {
+		t.Fatalf("exclusive consume: %v", err)
+	}
+	var events connEvents
+	rec := newRecorder()
+	c, err := NewConsumer(ConsumerConfig{URLs: []string{a.url}, Queues: []string{q1, q2}, Prefetch: 4,
+		Logger: testLogger(t), OnConnection: events.on, Backoff: fastBackoff})
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runConsumer(t, c, rec)
+	time.Sleep(time.Second) // several attempts, each stopped at q2
+	if got := events.get(); len(got) > 0 || c.Connected() {
+		t.Errorf("with q2 in exclusive use elsewhere: OnConnection %v, Connected %v; want never up", got, c.Connected())
+	}
+	if err := other.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "up once q2 is free", events.are(true))
+	a.publish(q2, "two")
+	waitFor(t, 10*time.Second, "the message of q2", func() bool { return rec.count("two") == 1 })
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}
