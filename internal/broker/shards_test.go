@@ -153,7 +153,7 @@ func TestConsumerConsumesSeveralQueuesInTagOrderWithinOnePrefetch(t *testing.T) 
 	const perQueue, prefetch = 20, 6
 	var published atomic.Int64
 	for i, q := range queues[:2] {
-		a.publish(q, ids(fmt.Sprintf("q%d-", i+1), perQueue)...)
+		publishConfirmed(t, a, q, ids(fmt.Sprintf("q%d-", i+1), perQueue))
 	}
 	published.Store(2 * perQueue)
 
@@ -162,7 +162,10 @@ func TestConsumerConsumesSeveralQueuesInTagOrderWithinOnePrefetch(t *testing.T) 
 		unacked: func() int { return unacked() }}
 	unacked = func() int {
 		// Published minus settled minus ready: what the broker has
-		// sent and not yet had settled.
+		// sent and not yet had settled. Published is read first and
+		// counts only confirmed messages, so a publish in progress can
+		// only make the figure lower, never higher.
+		published := int(published.Load())
 		ready := 0
 		for _, q := range queues {
 			_ = a.withChannel(func(ch *amqp.Channel) error {
@@ -173,7 +176,7 @@ func TestConsumerConsumesSeveralQueuesInTagOrderWithinOnePrefetch(t *testing.T) 
 		}
 		log.mu.Lock()
 		defer log.mu.Unlock()
-		return int(published.Load()) - log.settled - ready
+		return published - log.settled - ready
 	}
 	var events connEvents
 	c, err := NewConsumer(ConsumerConfig{URLs: []string{a.url}, Queues: queues, Prefetch: prefetch, BatchSize: prefetch,
@@ -184,7 +187,7 @@ func TestConsumerConsumesSeveralQueuesInTagOrderWithinOnePrefetch(t *testing.T) 
 	stop := runConsumer(t, c, log)
 	waitFor(t, 20*time.Second, "the consumer up", events.are(true))
 	// The third queue exists now; fill it while the others drain.
-	a.publish(missing, ids("q3-", perQueue)...)
+	publishConfirmed(t, a, missing, ids("q3-", perQueue))
 	published.Add(perQueue)
 	waitFor(t, 30*time.Second, "every message handled", func() bool {
 		log.mu.Lock()
@@ -288,5 +291,30 @@ func TestConsumerOfSeveralQueuesIsUpOnlyOnceItConsumesEveryOne(t *testing.T) {
 	waitFor(t, 10*time.Second, "the message of q2", func() bool { return rec.count("two") == 1 })
 	if err := stop(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// publishConfirmed publishes a message per id to queue and returns once
+// the broker has confirmed each, so that it is in the queue.
+func publishConfirmed(t *testing.T, a *admin, queue string, ids []string) {
+	t.Helper()
+	err := a.withChannel(func(ch *amqp.Channel) error {
+		if err := ch.Confirm(false); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			c, err := ch.PublishWithDeferredConfirmWithContext(context.Background(), "", queue, false, false,
+				amqp.Publishing{MessageId: id, Body: []byte(`{}`)})
+			if err != nil {
+				return err
+			}
+			if !c.Wait() {
+				return fmt.Errorf("publish %s not confirmed", id)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("publish to %s: %v", queue, err)
 	}
 }
