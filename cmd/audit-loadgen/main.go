@@ -1,11 +1,14 @@
 // Command audit-loadgen is the project's load tool. It writes the
-// deterministic sample of audit events, and publishes events to RabbitMQ
-// while counting the alerts the service raises for them.
+// deterministic sample of audit events, publishes events to RabbitMQ
+// while counting the alerts the service raises for them, and runs the
+// benchmark that writes BENCHMARKS.md.
 //
 //	audit-loadgen sample  [-n 5000] [-seed 1] [-start T] [-o FILE]
 //	audit-loadgen publish [-url URL] [-queue audit_events] [-alerts audit_alerts]
 //	                      [-n 100000] [-rate 0] [-seed 1] [-start T] [-file FILE]
 //	                      [-timeout 5m] [-idle 3s] [-keep-alerts]
+//	audit-loadgen bench   [-service bin/audit-log-analysis] [-rounds 3] [-n 100000]
+//	                      [-loads 2000,5000] [-duration 1m] [-o BENCHMARKS.md] ...
 package main
 
 import (
@@ -41,6 +44,14 @@ const usage = `usage:
       publish events with publisher confirms, count the alerts that come back
       (consuming them, or leaving them in the queue with -keep-alerts) and
       report throughput and latencies
+  audit-loadgen bench   [-service bin/audit-log-analysis] [-url URL] [-redis ADDR]
+                        [-rounds 3] [-n 100000] [-loads 2000,5000] [-duration 1m]
+                        [-replay-events 500000] [-groups 20000] [-gobench=true]
+                        [-o BENCHMARKS.md]
+      measure the service against the broker and Redis in alternating rounds
+      (drain rate and CPU beside an ack-only consumer, peak RSS, event-to-alert
+      latency at fixed loads, replay, Redis memory per group), run the Go
+      benchmarks, and write BENCHMARKS.md
 
 Run "audit-loadgen COMMAND -h" for a command's flags.
 `
@@ -59,6 +70,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runSample(args, stdout, stderr)
 	case "publish":
 		return runPublish(ctx, args, stdout, stderr)
+	case "bench":
+		return runBench(ctx, args, stdout, stderr)
+	case "ackonly":
+		// The bench command's reference consumer; not in the usage.
+		return runAckOnly(ctx, args, os.Stdin, stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -53,6 +53,11 @@ func TestBadCommandLinesAreUsageErrors(t *testing.T) {
 		{"the same queue for events and alerts", []string{"publish", "-queue", "q", "-alerts", "q"}},
 		{"a negative rate", []string{"publish", "-rate", "-1"}},
 		{"no events", []string{"publish", "-n", "0"}},
+		{"a bench of no rounds", []string{"bench", "-rounds", "0"}},
+		{"a bench load that is not a rate", []string{"bench", "-loads", "2000,fast"}},
+		{"a bench load of zero", []string{"bench", "-loads", "0"}},
+		{"a bench Redis address without a port", []string{"bench", "-redis", "localhost"}},
+		{"an ack-only consumer without a queue", []string{"ackonly", "-n", "10"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
