@@ -165,6 +165,7 @@ func TestBenchmarkPackagesAreFoundFromTheirTests(t *testing.T) {
 		"deploy/go.mod":                 "module deploy\n",
 		"deploy/d_test.go":              "package d\n\nfunc BenchmarkD(b *testing.B) {}\n",
 		"internal/c/testdata/x_test.go": "package x\n\nfunc BenchmarkX(b *testing.B) {}\n",
+		"internal/scale/s_test.go":      "package s\n\nfunc BenchmarkS(b *testing.B) {}\n",
 	}
 	for name, body := range files {
 		p := filepath.Join(dir, name)

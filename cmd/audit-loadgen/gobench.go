@@ -123,8 +123,14 @@ func parseGoBench(r io.Reader) ([]goBenchResult, error) {
 	return out, sc.Err()
 }
 
+// notHotPath are packages whose benchmarks run the whole service on
+// private servers (internal/scale: minutes each, figures of the README's
+// Scaling section), not the hot path's code.
+var notHotPath = []string{"internal/scale"}
+
 // benchmarkPackages lists the packages under dir whose tests hold a
-// Benchmark function, as go test arguments (./internal/x).
+// Benchmark function, as go test arguments (./internal/x), but for those of
+// notHotPath.
 func benchmarkPackages(dir string) ([]string, error) {
 	var pkgs []string
 	err := filepath.WalkDir(dir, func(path string, d os.DirEntry, err error) error {
@@ -134,6 +140,9 @@ func benchmarkPackages(dir string) ([]string, error) {
 		if d.IsDir() {
 			name := d.Name()
 			if path != dir && (strings.HasPrefix(name, ".") || name == "testdata" || name == "vendor" || name == "bin") {
+				return filepath.SkipDir
+			}
+			if rel, err := filepath.Rel(dir, path); err == nil && slices.Contains(notHotPath, filepath.ToSlash(rel)) {
 				return filepath.SkipDir
 			}
 			// Another module (deploy/) is not part of this one.

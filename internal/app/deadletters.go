@@ -47,7 +47,7 @@ func runDeadLetters(ctx context.Context, env Env, args []string) error {
 	queue := c.fs.String("queue", "", "dead-letter queue (default RABBITMQ_DEAD_LETTER_QUEUE)")
 	var target *string
 	if sub == "redrive" {
-		target = c.fs.String("to", "", "queue to publish to (default RABBITMQ_QUEUE)")
+		target = c.fs.String("to", "", "queue to publish to (default: the first queue of RABBITMQ_QUEUE)")
 	}
 	rest, err := c.parse(env, args)
 	if err != nil {
@@ -88,7 +88,7 @@ func runDeadLetters(ctx context.Context, env Env, args []string) error {
 	}
 	to := *target
 	if to == "" {
-		to = cfg.RabbitMQQueue
+		to = cfg.RabbitMQQueues[0]
 	}
 	moved, err := deadletter.Redrive(ctx, conn, *queue, to, filter)
 	for i, m := range moved {

@@ -38,7 +38,7 @@ type Engine interface {
 type pipeline struct {
 	engine          Engine
 	publisher       Publisher
-	sourceQueue     string
+	sourceQueue     string // for deliveries that do not name their queue (tests)
 	alertQueue      string
 	deadLetterQueue string // "" rejects without requeue instead
 	maxBodyBytes    int
@@ -119,7 +119,10 @@ func (p *pipeline) deadLetter(d broker.Delivery, r rejection, now time.Time) bro
 	maps.Copy(headers, d.Headers)
 	headers["x-rejection-reason"] = string(r.reason)
 	headers["x-rejection-error"] = alert.Shorten(r.err.Error(), 1024)
-	headers["x-original-queue"] = p.sourceQueue
+	headers["x-original-queue"] = d.Queue
+	if d.Queue == "" {
+		headers["x-original-queue"] = p.sourceQueue
+	}
 	headers["x-rejected-at"] = now.UTC().Format(time.RFC3339Nano)
 	if !d.Timestamp.IsZero() {
 		headers["x-original-timestamp"] = d.Timestamp.UTC().Format(time.RFC3339)

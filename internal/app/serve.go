@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -145,7 +146,7 @@ func newServer(cfg config.Config, env Env, logger *slog.Logger, undo *cleanups) 
 	s.pipeline = &pipeline{
 		engine:          engine,
 		publisher:       s.publisher,
-		sourceQueue:     cfg.RabbitMQQueue,
+		sourceQueue:     cfg.RabbitMQQueues[0],
 		alertQueue:      cfg.RabbitMQAlertQueue,
 		deadLetterQueue: cfg.RabbitMQDeadLetterQueue,
 		maxBodyBytes:    event.MaxBodyBytes,
@@ -217,7 +218,7 @@ func (s *server) newBrokerClients() error {
 	s.consumer, err = broker.NewConsumer(broker.ConsumerConfig{
 		URLs:             cfg.RabbitMQURLs,
 		TLS:              cfg.RabbitMQTLS.ClientConfig,
-		Queue:            cfg.RabbitMQQueue,
+		Queues:           cfg.RabbitMQQueues,
 		QueueType:        cfg.RabbitMQQueueType,
 		Prefetch:         cfg.RabbitMQPrefetch,
 		MaxInflightBytes: cfg.MaxInflightBytes,
@@ -257,7 +258,7 @@ func (s *server) run(ctx context.Context) error {
 	g.start("publisher", s.publisher.Run)
 	g.start("consumer", func(ctx context.Context) error { return s.consumer.Run(ctx, s.pipeline) })
 	s.logger.Info("listening", "app_addr", s.appLn.Addr().String(), "metrics_addr", s.promLn.Addr().String(),
-		"queue", s.cfg.RabbitMQQueue, "alert_queue", s.cfg.RabbitMQAlertQueue, "dead_letter_queue", s.cfg.RabbitMQDeadLetterQueue,
+		"queues", strings.Join(s.cfg.RabbitMQQueues, ","), "alert_queue", s.cfg.RabbitMQAlertQueue, "dead_letter_queue", s.cfg.RabbitMQDeadLetterQueue,
 		"rules", s.rules.Source, "rules_enabled", s.rules.Enabled())
 
 	var runErr error

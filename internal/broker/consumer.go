@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,10 +28,16 @@ type ConsumerConfig struct {
 	// missing queue is declared: durable, of type QueueType, with no other
 	// argument.
 	Queue string
+	// Queues, instead of Queue, are several queues consumed at once on the
+	// one channel, each as Queue would be, sharing the one prefetch count
+	// and byte budget: each queue's consumer gets its share of them.
+	Queues []string
 	// QueueType is QueueClassic (the default) or QueueQuorum.
 	QueueType string
 	// Prefetch is the most unacknowledged deliveries (1 to 65535): the
-	// channel's basic.qos prefetch count when bodies are small.
+	// channel's basic.qos prefetch count when bodies are small, split
+	// over the queues' consumers when there are several (each gets at
+	// least 1).
 	Prefetch int
 	// MaxInflightBytes bounds the bodies the consumer holds: the prefetch
 	// count is lowered so that prefetched deliveries of the largest recent
@@ -90,6 +97,8 @@ type Delivery struct {
 	// Redelivered is set when the broker delivered the message before
 	// without it being settled.
 	Redelivered bool
+	// Queue is the queue the message was consumed from.
+	Queue string
 	// DeliveryCount is how many times the broker delivered the message
 	// before without it being settled, as quorum queues count it
 	// (x-delivery-count); 0 on a first delivery and on queues that do not
@@ -139,9 +148,11 @@ func (f HandlerFunc) Handle(ctx context.Context, batch []Delivery) ([]Dispositio
 	return f(ctx, batch)
 }
 
-// Consumer consumes one queue in batches over its own connection.
+// Consumer consumes one queue, or several, in batches over its own
+// connection and one channel.
 type Consumer struct {
 	cfg       ConsumerConfig
+	queues    []string // Queue, or Queues
 	log       *slog.Logger
 	state     linkState
 	dialer    dialer
@@ -158,8 +169,19 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if cfg.Queue == "" {
+	queues := cfg.Queues
+	if cfg.Queue != "" {
+		queues = append([]string{cfg.Queue}, queues...)
+	}
+	if len(queues) == 0 {
 		errs = append(errs, errors.New("queue name is empty"))
+	}
+	for i, q := range queues {
+		if q == "" {
+			errs = append(errs, errors.New("queue name is empty"))
+		} else if slices.Contains(queues[:i], q) {
+			errs = append(errs, fmt.Errorf("queue %q is named twice", q))
+		}
 	}
 	if cfg.QueueType == "" {
 		cfg.QueueType = QueueClassic
@@ -203,9 +225,11 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 	}
 	cfg.URLs = slices.Clone(cfg.URLs)
 	cfg.DepthQueues = slices.Clone(cfg.DepthQueues)
-	log := discardLogger(cfg.Logger).With("component", "broker.consumer", "queue", cfg.Queue)
+	queues = slices.Clone(queues)
+	log := discardLogger(cfg.Logger).With("component", "broker.consumer", "queue", strings.Join(queues, ","))
 	return &Consumer{
 		cfg:       cfg,
+		queues:    queues,
 		log:       log,
 		state:     linkState{log: log, onConn: cfg.OnConnection, onError: cfg.OnError},
 		dialer:    dialer{nodes: nodes, name: "audit-log-analysis consumer", tls: cfg.TLS, log: log},
@@ -262,9 +286,9 @@ func (c *Consumer) session(ctx, hctx context.Context, gen uint64, h Handler) att
 	if err != nil {
 		return attempt{err: err}
 	}
-	c.state.up(s.node)
 	start := time.Now()
 
+	// consume reports the consumer up once every queue is consumed.
 	err = c.consume(ctx, hctx, s, h)
 	var reason error
 	switch {
@@ -286,7 +310,13 @@ func (c *Consumer) session(ctx, hctx context.Context, gen uint64, h Handler) att
 	if reason != nil {
 		c.dialer.lost(s.link)
 	}
-	return attempt{up: time.Since(start), err: reason, stop: err}
+	// A session that never consumed counts as a failed attempt to
+	// connect, not as a loss.
+	var up time.Duration
+	if s.consumed {
+		up = time.Since(start)
+	}
+	return attempt{up: up, err: reason, stop: err}
 }
 
 // consumerSession is one connection and its consuming channel: one
@@ -305,6 +335,15 @@ type consumerSession struct {
 	subs     int  // subscriptions made so far, for unique tags
 	next     int  // the prefetch count of the next subscription
 	stopping bool // no new subscription: shutting down
+	consumed bool // a subscription of every queue was made
+	// merged joins the consumers' deliveries when there are several
+	// queues; nextTag is the delivery tag the next merger expects.
+	merged  *merger
+	nextTag uint64
+	// queues are the queues consumed; queueOf names the queue of each
+	// consumer tag when there are several.
+	queues  []string
+	queueOf map[string]string
 
 	lost      chan struct{} // closed when the connection or channel closes or the broker cancels the consumer
 	reason    error         // why lost was closed; written before
@@ -322,10 +361,11 @@ type consumerSession struct {
 	broken error
 }
 
-// subscription is one basic.consume on the session's channel.
+// subscription is one basic.consume per queue on the session's channel,
+// made together and cancelled together.
 type subscription struct {
-	tag        string
-	prefetch   int
+	tags       []string // one consumer tag per queue, in queue order
+	prefetch   int      // the prefetch count the consumers share
 	deliveries <-chan amqp.Delivery
 	cancelled  bool // basic.cancel sent: the deliveries drain, then close
 }
@@ -336,12 +376,14 @@ func (c *Consumer) open(ctx context.Context, gen uint64) (*consumerSession, erro
 		return nil, fmt.Errorf("dial: %w", err)
 	}
 	connClose := l.conn.NotifyClose(make(chan *amqp.Error, 1))
-	q, err := declareQueue(ctx, l, c.cfg.Queue, c.cfg.QueueType)
-	if err != nil {
-		l.close(nil, false)
-		return nil, err
+	for _, name := range c.queues {
+		q, err := declareQueue(ctx, l, name, c.cfg.QueueType)
+		if err != nil {
+			l.close(nil, false)
+			return nil, err
+		}
+		c.depth(name, q.Messages, true)
 	}
-	c.depth(c.cfg.Queue, q.Messages, true)
 	ch, err := l.channel(ctx)
 	if err != nil {
 		l.close(nil, false)
@@ -356,18 +398,28 @@ func (c *Consumer) open(ctx context.Context, gen uint64) (*consumerSession, erro
 		quit:      make(chan struct{}),
 		watchDone: make(chan struct{}),
 		depthDone: make(chan struct{}),
+		nextTag:   1,
+		queues:    c.queues,
+	}
+	if len(c.queues) > 1 {
+		s.queueOf = make(map[string]string, len(c.queues))
 	}
 	s.next = s.window.size()
 	chClose := ch.NotifyClose(make(chan *amqp.Error, 1))
-	cancels := ch.NotifyCancel(make(chan string, 1))
+	// The broker cancels each consumer of a deleted queue: room for one
+	// cancel per queue, so the library never blocks on a full buffer.
+	cancels := ch.NotifyCancel(make(chan string, len(c.queues)))
 	go s.watch(connClose, chClose, cancels, &c.state)
 	go c.watchDepths(s)
 	return s, nil
 }
 
-// subscribe starts consuming with the prefetch count s.next. The count
-// must be set before basic.consume: RabbitMQ applies it to consumers
-// started afterwards only.
+// subscribe starts consuming with the prefetch count s.next, split over
+// the queues. Each count must be set before its basic.consume: RabbitMQ
+// applies it to consumers started afterwards only. Several queues share
+// the count by per-consumer prefetch rather than the channel-wide (global)
+// one, which quorum queues do not support (RabbitMQ 3.10 refuses the
+// consume with 540 NOT_IMPLEMENTED).
 func (c *Consumer) subscribe(ctx context.Context, s *consumerSession) error {
 	s.subMu.Lock()
 	defer s.subMu.Unlock()
@@ -375,16 +427,24 @@ func (c *Consumer) subscribe(ctx context.Context, s *consumerSession) error {
 		return nil
 	}
 	s.subs++
-	sub := subscription{tag: fmt.Sprintf("%s-%d-%d", c.tagPrefix, s.gen, s.subs), prefetch: s.next}
+	sub := subscription{tags: make([]string, len(c.queues)), prefetch: s.next}
+	shares := prefetchShares(sub.prefetch, len(c.queues))
+	sources := make([]<-chan amqp.Delivery, len(c.queues))
 	err := s.bounded(ctx, opTimeout, func() error {
-		if err := s.ch.Qos(sub.prefetch, 0, false); err != nil {
-			return fmt.Errorf("set prefetch %d: %w", sub.prefetch, err)
+		for i, q := range c.queues {
+			tag := fmt.Sprintf("%s-%d-%d", c.tagPrefix, s.gen, s.subs)
+			if len(c.queues) > 1 {
+				tag = fmt.Sprintf("%s-%d", tag, i+1)
+			}
+			if err := s.ch.Qos(shares[i], 0, false); err != nil {
+				return fmt.Errorf("set prefetch %d: %w", shares[i], err)
+			}
+			d, err := s.ch.Consume(q, tag, false, false, false, false, nil)
+			if err != nil {
+				return fmt.Errorf("consume queue %q: %w", q, err)
+			}
+			sub.tags[i], sources[i] = tag, d
 		}
-		d, err := s.ch.Consume(c.cfg.Queue, sub.tag, false, false, false, false, nil)
-		if err != nil {
-			return fmt.Errorf("consume queue %q: %w", c.cfg.Queue, err)
-		}
-		sub.deliveries = d
 		return nil
 	})
 	if err != nil {
@@ -392,6 +452,21 @@ func (c *Consumer) subscribe(ctx context.Context, s *consumerSession) error {
 	}
 	if s.subs > 1 {
 		c.log.Debug("prefetch changed", "prefetch", sub.prefetch)
+	}
+	if len(c.queues) == 1 {
+		sub.deliveries = sources[0]
+	} else {
+		// The previous merger, if any, has closed its output: collect
+		// saw the subscription drained before this one was made.
+		if s.merged != nil {
+			s.nextTag = s.merged.next
+		}
+		clear(s.queueOf)
+		for i, tag := range sub.tags {
+			s.queueOf[tag] = c.queues[i]
+		}
+		s.merged = newMerger(sources, s.nextTag, s.quit)
+		sub.deliveries = s.merged.out
 	}
 	s.sub = sub
 	return nil
@@ -424,11 +499,18 @@ func (s *consumerSession) stopConsuming() error {
 	return s.cancel(closeTimeout)
 }
 
-// cancel sends basic.cancel for the subscription, waiting at most d for
-// the reply; the caller holds subMu.
+// cancel sends basic.cancel for each consumer of the subscription,
+// waiting at most d for the replies; the caller holds subMu.
 func (s *consumerSession) cancel(d time.Duration) error {
 	s.sub.cancelled = true
-	return s.bounded(context.Background(), d, func() error { return s.ch.Cancel(s.sub.tag, false) })
+	return s.bounded(context.Background(), d, func() error {
+		for _, tag := range s.sub.tags {
+			if err := s.ch.Cancel(tag, false); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // watch waits for the first sign that the session is over. Each
@@ -465,7 +547,7 @@ func (c *Consumer) watchDepths(s *consumerSession) {
 	if c.cfg.OnQueueDepth == nil {
 		return
 	}
-	queues := append([]string{c.cfg.Queue}, c.cfg.DepthQueues...)
+	queues := append(slices.Clone(c.queues), c.cfg.DepthQueues...)
 	t := time.NewTicker(c.cfg.DepthInterval)
 	defer t.Stop()
 	var ch *amqp.Channel
@@ -511,6 +593,15 @@ func (c *Consumer) inflight(bytes int64) {
 
 func (s *consumerSession) isLost() bool { return isClosed(s.lost) }
 
+// queueName names the queue a consumer tag consumes. With one queue there
+// is no map to look in.
+func (s *consumerSession) queueName(tag string) string {
+	if s.queueOf == nil {
+		return s.queues[0]
+	}
+	return s.queueOf[tag]
+}
+
 // endReason says why a session that was not asked to stop ended.
 func (s *consumerSession) endReason() error {
 	if s.isLost() {
@@ -541,6 +632,7 @@ func (s *consumerSession) wrap(d amqp.Delivery) Delivery {
 		ContentType:   d.ContentType,
 		Timestamp:     d.Timestamp,
 		Redelivered:   d.Redelivered,
+		Queue:         s.queueName(d.ConsumerTag),
 		DeliveryCount: count,
 		Headers:       d.Headers,
 		gen:           s.gen,
@@ -594,6 +686,12 @@ func (c *Consumer) consume(ctx, hctx context.Context, s *consumerSession, h Hand
 	if err := c.subscribe(ctx, s); err != nil {
 		s.broken = err
 		return nil
+	}
+	if s.sub.deliveries != nil {
+		// Up, for health and readiness, only once every queue is
+		// consumed.
+		s.consumed = true
+		c.state.up(s.node)
 	}
 	for {
 		batch, st := c.collect(ctx, s)

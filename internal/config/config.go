@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -23,8 +24,12 @@ type Config struct {
 	// RABBITMQ_URLS, else RABBITMQ_URL, else one URL built from
 	// RABBITMQ_USER, RABBITMQ_PASS, RABBITMQ_HOST and RABBITMQ_PORT. They
 	// hold the password: log RedactedRabbitMQURLs instead.
-	RabbitMQURLs       []string
-	RabbitMQQueue      string
+	RabbitMQURLs []string
+	// RabbitMQQueues are the event queues, consumed together with one
+	// prefetch budget: RABBITMQ_QUEUE, one name or a comma-separated list
+	// (for events a platform shards over several queues). The default
+	// dead-letter queue is named after the first.
+	RabbitMQQueues     []string
 	RabbitMQAlertQueue string
 	// RabbitMQQueueType is the x-queue-type given to a queue the service
 	// has to create: "classic" or "quorum". An existing queue is used as
@@ -146,7 +151,7 @@ func Load(getenv func(string) string) (Config, error) {
 	l := &loader{getenv: getenv}
 	c := Config{
 		RabbitMQURLs:       l.rabbitMQURLs(),
-		RabbitMQQueue:      l.queue("RABBITMQ_QUEUE", defaultQueue),
+		RabbitMQQueues:     l.queueList("RABBITMQ_QUEUE", defaultQueue),
 		RabbitMQAlertQueue: l.queue("RABBITMQ_ALERT_QUEUE", defaultAlertQueue),
 		RabbitMQQueueType:  l.oneOf("RABBITMQ_QUEUE_TYPE", defaultQueueType, "classic", "quorum"),
 		RabbitMQMaxDeliveries: l.integer("RABBITMQ_MAX_DELIVERIES", defaultMaxDeliveries, 1, math.MaxInt32,
@@ -163,19 +168,20 @@ func Load(getenv func(string) string) (Config, error) {
 		LogLevel:         l.logLevel(),
 		LogFormat:        l.oneOf("LOG_FORMAT", defaultLogFormat, "json", "text"),
 	}
-	c.RabbitMQDeadLetterQueue = l.deadLetterQueue(c.RabbitMQQueue)
+	c.RabbitMQDeadLetterQueue = l.deadLetterQueue(c.RabbitMQQueues)
 	c.RabbitMQShadowQueue = l.shadowQueue()
 
 	// Cross-checks, reported only when both sides are valid on their own.
-	if !l.failed("RABBITMQ_QUEUE") && !l.failed("RABBITMQ_ALERT_QUEUE") && c.RabbitMQAlertQueue == c.RabbitMQQueue {
-		l.fail("RABBITMQ_ALERT_QUEUE", "%q is also RABBITMQ_QUEUE: alerts would be consumed as events", c.RabbitMQAlertQueue)
+	events := func(q string) bool { return slices.Contains(c.RabbitMQQueues, q) }
+	if !l.failed("RABBITMQ_QUEUE") && !l.failed("RABBITMQ_ALERT_QUEUE") && events(c.RabbitMQAlertQueue) {
+		l.fail("RABBITMQ_ALERT_QUEUE", "%q is also in RABBITMQ_QUEUE: alerts would be consumed as events", c.RabbitMQAlertQueue)
 	}
 	if dlq := c.RabbitMQDeadLetterQueue; dlq != "" && !l.failed("RABBITMQ_DEAD_LETTER_QUEUE") &&
-		(dlq == c.RabbitMQQueue || dlq == c.RabbitMQAlertQueue) {
-		l.fail("RABBITMQ_DEAD_LETTER_QUEUE", "%q must differ from RABBITMQ_QUEUE and RABBITMQ_ALERT_QUEUE", dlq)
+		(events(dlq) || dlq == c.RabbitMQAlertQueue) {
+		l.fail("RABBITMQ_DEAD_LETTER_QUEUE", "%q must differ from RABBITMQ_QUEUE's queues and RABBITMQ_ALERT_QUEUE", dlq)
 	}
 	if sq := c.RabbitMQShadowQueue; sq != "" && !l.failed("RABBITMQ_SHADOW_QUEUE") &&
-		(sq == c.RabbitMQQueue || sq == c.RabbitMQAlertQueue || sq == c.RabbitMQDeadLetterQueue) {
+		(events(sq) || sq == c.RabbitMQAlertQueue || sq == c.RabbitMQDeadLetterQueue) {
 		l.fail("RABBITMQ_SHADOW_QUEUE", "%q must differ from RABBITMQ_QUEUE, RABBITMQ_ALERT_QUEUE and RABBITMQ_DEAD_LETTER_QUEUE", sq)
 	}
 	if !c.RabbitMQTLS.IsZero() && !l.failed("RABBITMQ_URLS") && !l.failed("RABBITMQ_URL") {
@@ -220,7 +226,7 @@ func redactURL(raw string) string {
 func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.Any("rabbitmq_urls", c.RedactedRabbitMQURLs()),
-		slog.String("rabbitmq_queue", c.RabbitMQQueue),
+		slog.String("rabbitmq_queue", strings.Join(c.RabbitMQQueues, ",")),
 		slog.String("rabbitmq_alert_queue", c.RabbitMQAlertQueue),
 		slog.String("rabbitmq_dead_letter_queue", c.RabbitMQDeadLetterQueue),
 		slog.String("rabbitmq_shadow_queue", c.RabbitMQShadowQueue),
@@ -438,14 +444,37 @@ func (l *loader) checkQueue(name, q string) {
 	}
 }
 
-func (l *loader) deadLetterQueue(queue string) string {
+// queueList reads a comma-separated list of queue names, trimmed of
+// spaces: each must be valid, and none empty or named twice.
+func (l *loader) queueList(name, def string) []string {
+	v := l.str(name, def)
+	var out []string
+	for _, q := range strings.Split(v, ",") {
+		q = strings.TrimSpace(q)
+		switch {
+		case q == "":
+			l.fail(name, "%q holds an empty queue name", v)
+			return []string{def}
+		case slices.Contains(out, q):
+			l.fail(name, "%q names queue %q twice", v, q)
+			return []string{def}
+		}
+		l.checkQueue(name, q)
+		out = append(out, q)
+	}
+	return out
+}
+
+// deadLetterQueue reads RABBITMQ_DEAD_LETTER_QUEUE: by default the first
+// event queue's name with deadLetterSuffix, whatever the others are.
+func (l *loader) deadLetterQueue(queues []string) string {
 	const name = "RABBITMQ_DEAD_LETTER_QUEUE"
 	q := l.getenv(name)
 	switch q {
 	case noDeadLetterQueue:
 		return ""
 	case "":
-		q = queue + deadLetterSuffix
+		q = queues[0] + deadLetterSuffix
 	}
 	l.checkQueue(name, q)
 	return q

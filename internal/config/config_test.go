@@ -24,7 +24,7 @@ func defaults() Config {
 		RabbitMQQueueType:       "classic",
 		RabbitMQMaxDeliveries:   10,
 		MaxInflightBytes:        64 << 20,
-		RabbitMQQueue:           "audit_events",
+		RabbitMQQueues:          []string{"audit_events"},
 		RabbitMQAlertQueue:      "audit_alerts",
 		RabbitMQDeadLetterQueue: "audit_events.dead-letter",
 		RabbitMQPrefetch:        256,
@@ -72,8 +72,13 @@ func TestLoadReadsEveryVariable(t *testing.T) {
 		{"an IPv6 RabbitMQ host gets brackets", map[string]string{"RABBITMQ_HOST": "::1"},
 			func(c *Config) { c.RabbitMQURLs = []string{"amqp://guest:guest@[::1]:5672/"} }},
 		{"queues are set", map[string]string{"RABBITMQ_QUEUE": "in", "RABBITMQ_ALERT_QUEUE": "out"}, func(c *Config) {
-			c.RabbitMQQueue, c.RabbitMQAlertQueue, c.RabbitMQDeadLetterQueue = "in", "out", "in.dead-letter"
+			c.RabbitMQQueues, c.RabbitMQAlertQueue, c.RabbitMQDeadLetterQueue = []string{"in"}, "out", "in.dead-letter"
 		}},
+		{"several event queues, spaces trimmed; the dead-letter queue is named after the first",
+			map[string]string{"RABBITMQ_QUEUE": " events.1, events.2 ,events.3,events.4"}, func(c *Config) {
+				c.RabbitMQQueues = []string{"events.1", "events.2", "events.3", "events.4"}
+				c.RabbitMQDeadLetterQueue = "events.1.dead-letter"
+			}},
 		{"the dead-letter queue is set", map[string]string{"RABBITMQ_DEAD_LETTER_QUEUE": "dlq"},
 			func(c *Config) { c.RabbitMQDeadLetterQueue = "dlq" }},
 		{"none turns dead-lettering off", map[string]string{"RABBITMQ_DEAD_LETTER_QUEUE": "none"},
@@ -190,7 +195,15 @@ func TestLoadRejectsInvalidValues(t *testing.T) {
 		{"a reserved queue name", map[string]string{"RABBITMQ_QUEUE": "amq.events"}, `RABBITMQ_QUEUE: "amq.events" starts with "amq."`},
 		{"a queue name too long for AMQP", map[string]string{"RABBITMQ_ALERT_QUEUE": strings.Repeat("q", 256)}, "RABBITMQ_ALERT_QUEUE: queue name is longer than 255 bytes"},
 		{"a default dead-letter queue name too long", map[string]string{"RABBITMQ_QUEUE": strings.Repeat("q", 250)}, "RABBITMQ_DEAD_LETTER_QUEUE: queue name is longer"},
-		{"alerts published to the event queue", map[string]string{"RABBITMQ_ALERT_QUEUE": "audit_events"}, `RABBITMQ_ALERT_QUEUE: "audit_events" is also RABBITMQ_QUEUE`},
+		{"alerts published to the event queue", map[string]string{"RABBITMQ_ALERT_QUEUE": "audit_events"}, `RABBITMQ_ALERT_QUEUE: "audit_events" is also in RABBITMQ_QUEUE`},
+		{"an empty name in the list of event queues", map[string]string{"RABBITMQ_QUEUE": "a,,b"}, `RABBITMQ_QUEUE: "a,,b" holds an empty queue name`},
+		{"a trailing comma in the list of event queues", map[string]string{"RABBITMQ_QUEUE": "a,b,"}, `RABBITMQ_QUEUE: "a,b," holds an empty queue name`},
+		{"an event queue named twice", map[string]string{"RABBITMQ_QUEUE": "a, b,a"}, `RABBITMQ_QUEUE: "a, b,a" names queue "a" twice`},
+		{"a reserved name among several event queues", map[string]string{"RABBITMQ_QUEUE": "a,amq.b"}, `RABBITMQ_QUEUE: "amq.b" starts with "amq."`},
+		{"alerts published to one of several event queues", map[string]string{"RABBITMQ_QUEUE": "a,b", "RABBITMQ_ALERT_QUEUE": "b"}, `RABBITMQ_ALERT_QUEUE: "b" is also in RABBITMQ_QUEUE`},
+		{"dead letters sent to one of several event queues", map[string]string{"RABBITMQ_QUEUE": "a,b", "RABBITMQ_DEAD_LETTER_QUEUE": "b"}, `RABBITMQ_DEAD_LETTER_QUEUE: "b" must differ from RABBITMQ_QUEUE's queues`},
+		{"shadow alerts sent to one of several event queues", map[string]string{"RABBITMQ_QUEUE": "a,b", "RABBITMQ_SHADOW_QUEUE": "b"}, `RABBITMQ_SHADOW_QUEUE: "b" must differ from RABBITMQ_QUEUE`},
+		{"the default dead-letter queue is one of several event queues", map[string]string{"RABBITMQ_QUEUE": "a,a.dead-letter"}, `RABBITMQ_DEAD_LETTER_QUEUE: "a.dead-letter" must differ`},
 		{"shadow alerts sent to the alert queue", map[string]string{"RABBITMQ_SHADOW_QUEUE": "audit_alerts"}, `RABBITMQ_SHADOW_QUEUE: "audit_alerts" must differ`},
 		{"dead letters sent to the alert queue", map[string]string{"RABBITMQ_DEAD_LETTER_QUEUE": "audit_alerts"}, `RABBITMQ_DEAD_LETTER_QUEUE: "audit_alerts" must differ`},
 		{"a host with a port in it", map[string]string{"RABBITMQ_HOST": "mq:5672"}, `RABBITMQ_HOST: "mq:5672" is not a host name or IP address`},
@@ -374,8 +387,8 @@ func TestWithDotEnv(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Load: %v", err)
 	}
-	if c.AppPort != 7001 || c.RabbitMQQueue != "from_file" {
-		t.Errorf("Load through WithDotEnv: AppPort %d, RabbitMQQueue %q", c.AppPort, c.RabbitMQQueue)
+	if c.AppPort != 7001 || c.RabbitMQQueues[0] != "from_file" {
+		t.Errorf("Load through WithDotEnv: AppPort %d, RabbitMQQueues %q", c.AppPort, c.RabbitMQQueues)
 	}
 }
 

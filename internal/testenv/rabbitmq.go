@@ -41,6 +41,9 @@ type RabbitMQOptions struct {
 	// VerifyPeer makes the TLS listener require a client certificate
 	// signed by PKI's CA (verify_peer with fail_if_no_peer_cert).
 	VerifyPeer bool
+	// Plugins are enabled on the node (its own enabled-plugins file), such
+	// as rabbitmq_consistent_hash_exchange; none by default.
+	Plugins []string
 }
 
 // RabbitMQ is a rabbitmq-server node of the test's own: its own node
@@ -144,7 +147,7 @@ func newRabbitNode(t testing.TB, home, seed string, opts RabbitMQOptions) *Rabbi
 	n.config = filepath.Join(n.dir, "rabbitmq.conf")
 	files := map[string]string{
 		n.config:                                strings.Join(conf, "\n") + "\n",
-		filepath.Join(n.dir, "plugins"):         "[].\n",
+		filepath.Join(n.dir, "plugins"):         "[" + strings.Join(opts.Plugins, ",") + "].\n",
 		filepath.Join(n.dir, "empty-env"):       "",
 		filepath.Join(n.dir, "advanced.config"): "[].\n",
 	}
