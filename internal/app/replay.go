@@ -43,6 +43,7 @@ func runReplay(ctx context.Context, env Env, args []string) error {
 		paths = d.RulesFiles
 	}
 	logger := slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	tuneGC(logger)
 	set, err := loadRules(d, paths, logger)
 	if err != nil {
 		return fmt.Errorf("replay: %w", err)
