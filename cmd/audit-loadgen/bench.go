@@ -343,7 +343,7 @@ func (b *bench) summarize(res *benchResults, rounds []roundResult, window time.D
 	res.Notes = []string{
 		fmt.Sprintf("Drain: %s events of `audit-loadgen sample -n %d` (the generator's stream, planted scenarios and malformed lines included) are published with confirms to a fresh durable queue before the consumer starts. "+
 			"The clock starts when the queue shows a consumer (polled every millisecond) and stops when the last message is settled: for the service, when `audit_analysis_rabbitmq_messages_consumed_total` reaches the count "+
-			"(scraped sparsely, then every few milliseconds near the end; the middle of the last two scrapes); for the reference, at its last ack, which it reports. "+
+			"(scraped every few milliseconds once the broker shows no message ready, so that scraping costs the service little; the middle of the last two scrapes); for the reference, at its last ack, which it reports. "+
 			"The reference is `audit-loadgen ackonly`: a bare amqp091-go consumer, prefetch 500, one multiple ack per 250 deliveries or when none is waiting.",
 			thousands(float64(b.cfg.Events)), b.cfg.Events),
 		"CPU per event: utime + stime of /proc/PID/stat between the two moments above, divided by the events; peak RSS: VmHWM of /proc/PID/status at the end of the drain.",

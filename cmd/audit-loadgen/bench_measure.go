@@ -254,6 +254,14 @@ func (b *bench) drainService(ctx context.Context, round int) (drainResult, error
 	if err != nil {
 		return drainResult{}, err
 	}
+	// Wait on the broker until nothing is ready, then on the service's
+	// metrics for the last batches: scraping /metrics costs the service
+	// CPU that the reference, which serves none, does not spend.
+	if err := waitEmpty(ctx, b.conn, names.Events, s.exited); errors.Is(err, errExited) {
+		return drainResult{}, s.failure()
+	} else if err != nil {
+		return drainResult{}, err
+	}
 	t1, err := s.waitSettled(ctx, len(b.drainMsgs))
 	if err != nil {
 		return drainResult{}, err

@@ -261,6 +261,33 @@ func waitConsumer(ctx context.Context, conn *amqp.Connection, queue string, exit
 	}
 }
 
+// waitEmpty polls queue every 20 milliseconds until no message is ready
+// in it (those delivered and not yet acknowledged are not counted). exited
+// ends the wait early.
+func waitEmpty(ctx context.Context, conn *amqp.Connection, queue string, exited <-chan struct{}) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("open channel: %w", err)
+	}
+	defer ch.Close()
+	for {
+		q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		if err != nil {
+			return fmt.Errorf("read queue %q: %w", queue, err)
+		}
+		if q.Messages == 0 {
+			return nil
+		}
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-exited:
+			return errExited
+		case <-ctx.Done():
+			return fmt.Errorf("wait for %q to empty: %w", queue, ctx.Err())
+		}
+	}
+}
+
 // errExited says the process meant to consume exited first.
 var errExited = errors.New("the consumer exited before it consumed")
 
