@@ -214,6 +214,9 @@ func startServiceUnhealthy(t *testing.T, env map[string]string) *service {
 		if t.Failed() {
 			t.Logf("service logs:\n%s", s.logs.String())
 		}
+		if addr, ok := sharedRedis(env); ok {
+			deleteKeys(t, addr, s.prefix)
+		}
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {

@@ -110,9 +110,32 @@ func startService(t *testing.T, env map[string]string) *service {
 			t.Logf("service logs:\n%s", s.logs.String())
 		}
 		deleteQueues(t, s.queue, s.alertQueue, s.deadQueue)
+		if addr, ok := sharedRedis(env); ok {
+			// The state-loss marker included: it is written at start.
+			deleteKeys(t, addr, s.prefix)
+		}
 	})
 	s.waitHealthy(20 * time.Second)
 	return s
+}
+
+// sharedRedis returns the address of the Redis env points the service at
+// when it is the one tests share: its keys must go when the test ends
+// (private servers go with their data).
+func sharedRedis(env map[string]string) (string, bool) {
+	if env["REDIS_HOST"] == "" || env["REDIS_KEY_PREFIX"] == "" {
+		return "", false
+	}
+	shared := os.Getenv("TEST_REDIS_ADDR")
+	if shared == "" {
+		shared = "127.0.0.1:6379"
+	}
+	port := env["REDIS_PORT"]
+	if port == "" {
+		port = "6379"
+	}
+	addr := net.JoinHostPort(env["REDIS_HOST"], port)
+	return addr, addr == shared
 }
 
 // stop cancels the service and waits for Main to return.
