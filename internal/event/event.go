@@ -263,11 +263,23 @@ func decodeString(raw string) (string, error) {
 	return unquote(raw), nil
 }
 
-// isLower reports whether s has no upper-case ASCII letter.
-func isLower(s string) bool {
+// isCanonicalUUID reports whether s is a UUID as uuid.UUID.String writes
+// it: 36 characters, lower-case hex digits and hyphens at 8, 13, 18, 23.
+func isCanonicalUUID(s string) bool {
+	if len(s) != 36 {
+		return false
+	}
 	for i := 0; i < len(s); i++ {
-		if 'A' <= s[i] && s[i] <= 'Z' {
-			return false
+		c := s[i]
+		switch i {
+		case 8, 13, 18, 23:
+			if c != '-' {
+				return false
+			}
+		default:
+			if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+				return false
+			}
 		}
 	}
 	return true
@@ -284,11 +296,11 @@ func truncate(s string, n int) string {
 // UUID of id, or of the body when id is empty.
 func deriveKey(id string, body []byte) string {
 	if id != "" {
+		if isCanonicalUUID(id) {
+			// What u.String() would give, without a copy.
+			return id
+		}
 		if u, err := uuid.Parse(id); err == nil && len(id) == 36 {
-			if isLower(id) {
-				// Already canonical: u.String() would be a copy.
-				return id
-			}
 			return u.String()
 		}
 		return uuid.NewSHA1(Namespace, append([]byte("event_id\x00"), id...)).String()

@@ -306,3 +306,19 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestIsCanonicalUUIDIsWhatUUIDStringWrites(t *testing.T) {
+	t.Parallel()
+	for _, s := range []string{
+		"9b2d13b0-90ee-40f1-86f1-8f021fb0d769", "9B2D13B0-90EE-40F1-86F1-8F021FB0D769",
+		"9b2d13b090ee40f186f18f021fb0d769", "{9b2d13b0-90ee-40f1-86f1-8f021fb0d769}",
+		"urn:uuid:9b2d13b0-90ee-40f1-86f1-8f021fb0d769", "9b2d13b0-90ee-40f1-86f1-8f021fb0d76g",
+		"9b2d13b0-90ee-40f1-86f1_8f021fb0d769", "00000000-0000-0000-0000-000000000000", "", "x",
+	} {
+		u, err := uuid.Parse(s)
+		want := err == nil && u.String() == s
+		if got := isCanonicalUUID(s); got != want {
+			t.Errorf("isCanonicalUUID(%q) = %v, want %v", s, got, want)
+		}
+	}
+}
