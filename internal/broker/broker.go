@@ -13,7 +13,6 @@
 package broker
 
 import (
-	"bufio"
 	"context"
 	crand "crypto/rand"
 	"crypto/tls"
@@ -346,7 +345,7 @@ func dialNode(ctx context.Context, n node, name string, tlsFor TLSConfigFunc) (*
 			}
 			raw = c
 			stopWatch = context.AfterFunc(ctx, func() { c.Close() })
-			return newReadBuffered(c), nil
+			return c, nil
 		},
 	}
 	var verified atomic.Bool
@@ -461,25 +460,3 @@ func closeReason(what string, e *amqp.Error, ok bool) error {
 	}
 	return fmt.Errorf("%s closed: %w", what, e)
 }
-
-// readBufferSize is how much a connection reads from its socket at once.
-// The client library reads frames through a 4 KiB buffer, about eight
-// small messages (three frames each) per read system call; with a backlog
-// waiting, 64 KiB takes a hundred per call. Measured on a drain of 100,000
-// events, the reads were a seventh of the service's CPU.
-const readBufferSize = 64 << 10
-
-// readBuffered is a connection whose reads go through a buffer of
-// readBufferSize. A read still returns as soon as anything has arrived,
-// so nothing waits for the buffer to fill; deadlines and the rest are the
-// connection's own.
-type readBuffered struct {
-	net.Conn
-	r *bufio.Reader
-}
-
-func newReadBuffered(c net.Conn) net.Conn {
-	return &readBuffered{Conn: c, r: bufio.NewReaderSize(c, readBufferSize)}
-}
-
-func (c *readBuffered) Read(p []byte) (int, error) { return c.r.Read(p) }
