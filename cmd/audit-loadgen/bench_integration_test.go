@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
@@ -41,12 +40,7 @@ func TestMain(m *testing.M) {
 // buildService builds the service binary for the test.
 func buildService(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "audit-log-analysis")
-	cmd := exec.Command("go", "build", "-o", bin, "../audit-log-analysis")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the service: %v\n%s", err, out)
-	}
-	return bin
+	return testenv.BuildService(t)
 }
 
 func TestBenchWritesBenchmarksWithSaneFiguresAndCleansUp(t *testing.T) {

@@ -545,11 +545,7 @@ func TestTheBinaryReloadsOnSIGHUPAndStopsCleanlyOnSIGTERM(t *testing.T) {
 	t.Parallel()
 	redisAddr := testenv.RedisAddr(t)
 	env := serviceEnv(t, redisAddr)
-	bin := filepath.Join(t.TempDir(), "audit-log-analysis")
-	build := exec.Command("go", "build", "-o", bin, "../../cmd/audit-log-analysis")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := testenv.BuildService(t)
 	cmd := exec.Command(bin)
 	cmd.Env = os.Environ()
 	for k, v := range env {

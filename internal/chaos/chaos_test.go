@@ -8,8 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -114,17 +112,7 @@ func buildService(t *testing.T) string {
 		t.Logf("testing %s", bin)
 		return bin
 	}
-	bin := filepath.Join(t.TempDir(), "audit-log-analysis")
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("the go command is needed to build the service: %v", err)
-	}
-	cmd := exec.Command(goBin, "build", "-trimpath", "-o", bin, "../../cmd/audit-log-analysis")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the service: %v\n%s", err, out)
-	}
-	return bin
+	return testenv.BuildService(t)
 }
 
 // run is one scenario's queues, input and service.

@@ -27,22 +27,8 @@ import (
 	"github.com/audit-platform/audit-log-analysis/internal/testenv"
 )
 
-// buildService builds the service binary into a directory of the test's
-// own, as make build does.
-func buildService(t testing.TB) string {
-	t.Helper()
-	bin := filepath.Join(t.TempDir(), "audit-log-analysis")
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("the go command is needed to build the service: %v", err)
-	}
-	cmd := exec.Command(goBin, "build", "-trimpath", "-o", bin, "../../cmd/audit-log-analysis")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the service: %v\n%s", err, out)
-	}
-	return bin
-}
+// buildService builds the service binary, as make build does.
+func buildService(t testing.TB) string { return testenv.BuildService(t) }
 
 // message is one body to publish, with the routing key a consistent-hash
 // exchange shards it by.
