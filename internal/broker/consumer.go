@@ -46,7 +46,7 @@ type ConsumerConfig struct {
 	// from them. Zero means no bound in bytes.
 	MaxInflightBytes int64
 	// BatchSize is the most deliveries handed to the handler at once
-	// (at most Prefetch; default half of it, at least 1).
+	// (default and maximum: Prefetch).
 	BatchSize int
 	// BatchWait is how long to wait for more deliveries once the first one
 	// of a batch has arrived (default 5ms).
@@ -193,10 +193,7 @@ func NewConsumer(cfg ConsumerConfig) (*Consumer, error) {
 		errs = append(errs, fmt.Errorf("prefetch %d must be between 1 and 65535", cfg.Prefetch))
 	}
 	if cfg.BatchSize == 0 {
-		// Half the window: while one batch is handled the broker still
-		// has credit for the next. With batches of the whole window it
-		// waited for every batch's acks before delivering again.
-		cfg.BatchSize = max(cfg.Prefetch/2, 1)
+		cfg.BatchSize = cfg.Prefetch
 	}
 	if cfg.BatchSize < 0 || (cfg.Prefetch > 0 && cfg.BatchSize > cfg.Prefetch) {
 		errs = append(errs, fmt.Errorf("batch size %d must be between 1 and the prefetch count %d", cfg.BatchSize, cfg.Prefetch))

@@ -451,7 +451,7 @@ func TestNewConsumerReportsEveryConfigProblem(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c.cfg.BatchSize != 25 || c.cfg.BatchWait != 5*time.Millisecond || c.cfg.ShutdownGrace != 5*time.Second {
+		if c.cfg.BatchSize != 50 || c.cfg.BatchWait != 5*time.Millisecond || c.cfg.ShutdownGrace != 5*time.Second {
 			t.Errorf("defaults: batch size %d, wait %s, grace %s", c.cfg.BatchSize, c.cfg.BatchWait, c.cfg.ShutdownGrace)
 		}
 		if c.cfg.Backoff != (Backoff{Min: 100 * time.Millisecond, Max: 5 * time.Second, Jitter: 0.2}) {
