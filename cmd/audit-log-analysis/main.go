@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"syscall"
 
@@ -79,5 +80,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		Stdout: stdout,
 		Stderr: stderr,
 		Build:  build(),
+		// serve runs on one processor unless GOMAXPROCS is set.
+		SetProcs: runtime.GOMAXPROCS,
 	})
 }

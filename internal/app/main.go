@@ -22,6 +22,11 @@ type Env struct {
 	Stdout io.Writer
 	Stderr io.Writer
 	Build  Build
+	// SetProcs sets GOMAXPROCS and returns the previous value
+	// (runtime.GOMAXPROCS); serve calls it to run on one processor (see
+	// oneProcessor). Nil leaves GOMAXPROCS alone, as tests that run
+	// several services in one process need.
+	SetProcs func(int) int
 }
 
 // Build describes the running binary.

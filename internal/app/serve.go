@@ -68,6 +68,7 @@ func Serve(ctx context.Context, env Env, rulePaths []string) (err error) {
 	logger.Info("starting", append(startAttrs, "config", cfg)...)
 	limitMemory(logger, os.DirFS("/"))
 	tuneGC(logger)
+	oneProcessor(logger, env)
 
 	// Every resource registers its clean-up as soon as it exists, so that
 	// a start that fails half-way releases what it took (ports included).
